@@ -1,0 +1,195 @@
+"""Reading user files with clear errors, writing outputs atomically.
+
+Every stage script reads its inputs through these functions and runs its main
+through `cli()`: bad input ends in one line on stderr that names the file and
+the problem, a non-zero exit code and no traceback; an interrupted run leaves
+the earlier outputs as they were, because every output is written to a
+temporary name first and renamed into place.
+"""
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+
+class InputError(Exception):
+    """A problem with the user's files or flags; the message names the file."""
+
+
+EXIT_INPUT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def cli(main):
+    """Run `main()` as a command: InputError and interruption end it cleanly."""
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    prog = os.path.basename(sys.argv[0])
+    try:
+        code = main()
+    except InputError as e:
+        print("{}: error: {}".format(prog, e), file=sys.stderr)
+        sys.exit(EXIT_INPUT_ERROR)
+    except KeyboardInterrupt:
+        print("{}: interrupted; earlier outputs are left as they were".format(prog), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code or 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) for bad flags."""
+
+    def error(self, message):
+        self.exit(EXIT_INPUT_ERROR, "{}: error: {}\n".format(self.prog, message))
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("{!r} is not an integer".format(text))
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive, got {}".format(value))
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("{!r} is not a number".format(text))
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number, got {}".format(text))
+    return value
+
+
+# ---------------------------------------------------------------- reading
+
+def require_file(path, what="file"):
+    if os.path.isdir(path):
+        raise InputError("{}: is a folder, expected a {}".format(path, what))
+    if not os.path.isfile(path):
+        raise InputError("{}: {} not found".format(path, what))
+
+
+def require_dir(path, what="folder"):
+    if not os.path.isdir(path):
+        raise InputError("{}: {} not found".format(path, what))
+
+
+def load_npy(path, n_columns=None):
+    """A finite, non-empty 2-D float array from a .npy file, loaded without pickle."""
+    if not path.endswith(".npy"):
+        raise InputError("{}: not a .npy file".format(path))
+    require_file(path, "data file")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise InputError("{}: holds Python objects (needs pickle); expected a numeric array".format(path))
+        raise InputError("{}: not a valid .npy file ({})".format(path, e))
+    except (OSError, EOFError) as e:
+        raise InputError("{}: not a valid .npy file ({})".format(path, e))
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        raise InputError("{}: expected a numeric array, found dtype {}".format(path, getattr(array, "dtype", type(array))))
+    if array.ndim != 2:
+        raise InputError("{}: expected a 2-D array (rows, features + target), found shape {}".format(path, array.shape))
+    if array.shape[0] == 0:
+        raise InputError("{}: is empty (0 rows)".format(path))
+    if n_columns is not None and array.shape[1] != n_columns:
+        raise InputError("{}: has {} columns, expected {} (input_size {} + 1 target)".format(
+            path, array.shape[1], n_columns, n_columns - 1))
+    if not np.isfinite(array).all():
+        bad = int(np.argwhere(~np.isfinite(array))[0][0])
+        raise InputError("{}: holds NaN or Inf values (first in row {})".format(path, bad))
+    return array
+
+
+def load_torch_file(path, what="checkpoint"):
+    """torch.load with weights_only=True: a file never runs code on load."""
+    import torch
+
+    require_file(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt zip, truncated data, or code refused by weights_only
+        text = str(e).strip()
+        reason = text.splitlines()[0] if text else type(e).__name__
+        raise InputError("{}: not a loadable {} ({})".format(path, what, reason))
+
+
+# ---------------------------------------------------------------- writing
+
+def _make_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InputError("{}: cannot create output folder ({})".format(path, e.strerror or e))
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError("{}: output folder is not writable".format(path))
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path with the same file name; rename it to `path` on success.
+
+    The temporary file sits in a private folder beside the target, so tools
+    that embed the file name (torch.save names its zip archive after it) write
+    the same bytes as a direct write, and a failed or interrupted write leaves
+    the old file untouched.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    _make_dir(folder)
+    tmp_dir = tempfile.mkdtemp(prefix=".tmp-", dir=folder)
+    try:
+        tmp = os.path.join(tmp_dir, os.path.basename(path))
+        yield tmp
+        if os.path.isdir(path) and not os.path.isdir(tmp):
+            raise InputError("{}: is a folder, cannot write a file there".format(path))
+        if os.path.isdir(tmp):
+            _replace_dir(tmp, path, tmp_dir)
+        else:
+            os.replace(tmp, path)
+    except OSError as e:
+        raise InputError("{}: cannot write ({})".format(path, e.strerror or e))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _replace_dir(new, path, scratch):
+    """Swap folder `new` into `path`: two renames, the old one removed last."""
+    old = os.path.join(scratch, ".old")
+    if os.path.exists(path):
+        os.rename(path, old)
+    os.rename(new, path)
+
+
+def write_bytes(path, data):
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def write_text(path, text):
+    write_bytes(path, text.encode("utf-8"))
+
+
+def save_npy(path, array):
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+def torch_save(obj, path):
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -1,0 +1,73 @@
+"""Data: a Dataset over one .npy file of rows (features..., target) and its loaders."""
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from checked_io import InputError, load_npy, load_torch_file, require_dir
+
+
+class NpyDataset(Dataset):
+    """Rows of a float .npy file: the first `input_size` columns are the features,
+    the last one the target. Items are {'features': float32[n], 'targets': float32}."""
+
+    def __init__(self, path, input_size=None, subset_len=None, sample_method="first", seed=0):
+        rows = load_npy(path, None if input_size is None else input_size + 1)
+        if subset_len is not None:
+            if subset_len > len(rows):
+                raise InputError("{}: has {} rows, fewer than subset_len {}".format(path, len(rows), subset_len))
+            if sample_method == "random":
+                rows = rows[np.random.RandomState(seed).choice(len(rows), subset_len, replace=False)]
+            else:  # "first": the first rows in order, as the quantizer's calibration needs
+                rows = rows[:subset_len]
+        self.path = path
+        self.features = torch.from_numpy(np.ascontiguousarray(rows[:, :-1], dtype=np.float32))
+        self.targets = torch.from_numpy(np.ascontiguousarray(rows[:, -1], dtype=np.float32))
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        return {"features": self.features[index], "targets": self.targets[index]}
+
+
+def make_dataloader(data_dir, data_file, is_train, batch_size, subset_len=None, sample_method="first",
+                    input_size=None, seed=0):
+    """One loader over data_dir/data_file; training loaders shuffle with a seeded generator."""
+    require_dir(data_dir, "data folder")
+    dataset = NpyDataset(os.path.join(data_dir, data_file), input_size, subset_len, sample_method, seed)
+    generator = torch.Generator().manual_seed(seed) if is_train else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=is_train, generator=generator)
+
+
+def make_dataloaders(data_dir, batch_size, input_size=None, seed=0):
+    """{name: loader} for every .npy in data_dir; 'train' shuffles, the others keep order."""
+    require_dir(data_dir, "data folder")
+    names = sorted(f[:-4] for f in os.listdir(data_dir) if f.endswith(".npy"))
+    if not names:
+        raise InputError("{}: holds no .npy files".format(data_dir))
+    return {
+        name: make_dataloader(data_dir, name + ".npy", name == "train", batch_size, input_size=input_size, seed=seed)
+        for name in names
+    }
+
+
+def load_from_state_dict(model, path):
+    """Load a state dict (weights only, never code) into `model`, with clear errors."""
+    state = load_torch_file(path, "checkpoint")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError("{}: is not a state dict of tensors".format(path))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise InputError("{}: keys do not match the model (missing {}, unexpected {})".format(path, missing, extra))
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise InputError("{}: {} has shape {}, the model needs {} (a checkpoint for another --input_size?)".format(
+                path, key, tuple(state[key].shape), tuple(tensor.shape)))
+        if not torch.isfinite(state[key]).all():
+            raise InputError("{}: {} holds NaN or Inf".format(path, key))
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,67 @@
+"""8-bit power-of-two fixed point as vai_q_pytorch computes it (spec: "Numbers",
+"Choosing a fix position").
+
+A tensor with fix position fp holds q * 2^-fp with q = clamp(R(x * 2^fp), -128, 127).
+Parameters round half away from zero, activations round half up (DPU_ROUND).
+"""
+import numpy as np
+import torch
+
+BIT_WIDTH = 8
+Q_MIN, Q_MAX = -(2 ** (BIT_WIDTH - 1)), 2 ** (BIT_WIDTH - 1) - 1
+MAX_FIX_POS = 12          # cap for 8-bit tensors
+ALL_ZERO_FIX_POS = 18     # base position when the tensor has no range
+PARAM_SCOPE = 5           # candidates tried for parameters and layer outputs
+INPUT_SCOPE = 1           # the network input takes the max/min position as is
+
+HALF_AWAY = "half_away"   # parameters: C round()
+HALF_UP = "half_up"       # activations: DPU_ROUND, .5 toward +inf
+
+
+def round_half_up(x):
+    """floor(x + 1/2), decided on the exact value of x.
+
+    floor(x) and x - floor(x) are exact in floating point; computing x + 0.5
+    first is not (for x just below .5 the sum rounds up to 1)."""
+    low = torch.floor(x)
+    return low + (x - low >= 0.5).to(x.dtype)
+
+
+def round_half_away(x):
+    """C round(): ties go away from zero, decided on the exact value of |x|."""
+    magnitude_rounded = round_half_up(torch.abs(x))
+    return torch.where(x < 0, -magnitude_rounded, magnitude_rounded)
+
+
+ROUND = {HALF_AWAY: round_half_away, HALF_UP: round_half_up}
+
+
+def quantize(x, fp, mode):
+    """The int8 grid values q (as float32) of x at fix position fp."""
+    scaled = x * (2.0 ** fp)          # exact: a power-of-two scale in float32
+    return torch.clamp(ROUND[mode](scaled), Q_MIN, Q_MAX)
+
+
+def fake_quantize(x, fp, mode):
+    """x rounded to the 2^-fp grid and saturated, still float32."""
+    return quantize(x, fp, mode) * (2.0 ** -fp)
+
+
+def fix_position(x, scope, mode):
+    """The "diffs" search: the position, among `scope` candidates from the one
+    that just covers x's range, with the smallest float32 sum of squared errors
+    (the first one on ties), capped at MAX_FIX_POS."""
+    x = x.detach().float()
+    x_min = np.float32(x.min().item())
+    x_max = np.float32(x.max().item())
+    step = max(x_min / np.float32(Q_MIN - 0.5), x_max / np.float32(Q_MAX + 0.5))
+    if step > 0:
+        base = int(np.floor(np.log2(np.float32(1.0) / step)))
+    else:
+        base = ALL_ZERO_FIX_POS
+    best, best_sse = base, None
+    for fp in range(base, base + scope):
+        sse = torch.sum((x - fake_quantize(x, fp, mode)) ** 2).item()
+        if best_sse is None or sse < best_sse:
+            best, best_sse = fp, sse
+    return min(best, MAX_FIX_POS)

@@ -1,0 +1,67 @@
+"""The DPU's shift ranges and the legalization vai_q_pytorch applies at export
+(spec: "DPU legalization"; dpu.md).
+
+For a Linear with input position i, weight w, bias b and output o, the DPU
+adds the bias to the accumulator (position i + w) shifted by shift_bias and
+scales the sum to the output by shift_cut; both shifts have hardware ranges.
+"""
+SHIFT_CUT_MIN, SHIFT_CUT_MAX = 0, 16
+SHIFT_BIAS_MAX = 16
+
+
+def shift_cut(i, w, o):
+    return w + i - o
+
+
+def shift_bias(i, w, b):
+    return w + i - b
+
+
+def shift_bias_min(cut):
+    """The lowest legal shift_bias for a layer whose shift_cut is `cut`."""
+    return min(0, cut - SHIFT_CUT_MAX)
+
+
+def check_layer(i, w, b, o):
+    """Problems of one layer's positions, as one-line texts (empty when legal)."""
+    cut, bias = shift_cut(i, w, o), shift_bias(i, w, b)
+    problems = []
+    if not SHIFT_CUT_MIN <= cut <= SHIFT_CUT_MAX:
+        problems.append("shift_cut {} outside [{}, {}]".format(cut, SHIFT_CUT_MIN, SHIFT_CUT_MAX))
+    if not shift_bias_min(cut) <= bias <= SHIFT_BIAS_MAX:
+        problems.append("shift_bias {} outside [{}, {}]".format(bias, shift_bias_min(cut), SHIFT_BIAS_MAX))
+    return problems
+
+
+def legalize_layer(i, w, b, o):
+    """(w, b, o) moved into the DPU ranges the way vai_q_pytorch does, and what changed."""
+    changes = []
+    cut = shift_cut(i, w, o)
+    if cut < SHIFT_CUT_MIN:
+        o, changes = o + cut, changes + ["output {} -> {} (shift_cut {})".format(o, o + cut, cut)]
+    elif cut > SHIFT_CUT_MAX:
+        new_w = w - (cut - SHIFT_CUT_MAX)
+        w, changes = new_w, changes + ["weight {} -> {} (shift_cut {})".format(w, new_w, cut)]
+    # The lower bound uses shift_cut as it was before the adjustment above.
+    bias, low = shift_bias(i, w, b), shift_bias_min(cut)
+    if bias < low:
+        new_b = b + bias - low
+        b, changes = new_b, changes + ["bias {} -> {} (shift_bias {})".format(b, new_b, bias)]
+    elif bias > SHIFT_BIAS_MAX:
+        new_w = w - (bias - SHIFT_BIAS_MAX)
+        w, changes = new_w, changes + ["weight {} -> {} (shift_bias {})".format(w, new_w, bias)]
+    return w, b, o, changes
+
+
+def legalize(chain, positions):
+    """Legalize every layer in graph order, in place; a changed output position is
+    the next layer's input. Returns one text per change, naming the layer."""
+    param, output = positions["param"], positions["output"]
+    changes = []
+    for k, layer in enumerate(chain.layers):
+        i = output[chain.input_of(k)]
+        w, b, o = param[layer.weight_key], param[layer.bias_key], output[layer.output_tensor]
+        w, b, o, layer_changes = legalize_layer(i, w, b, o)
+        param[layer.weight_key], param[layer.bias_key], output[layer.output_tensor] = w, b, o
+        changes += ["{}: {}".format(layer.name, change) for change in layer_changes]
+    return changes

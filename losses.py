@@ -8,3 +8,11 @@ class MSE(nn.Module):
 
     def forward(self, outputs, targets):
         return F.mse_loss(outputs.flatten(), targets.flatten())
+
+
+def regression_metrics(outputs, targets):
+    """{'mse': ..., 'r^2': ...} over all rows (r^2 = 1 - SS_res / SS_tot)."""
+    outputs, targets = outputs.flatten().double(), targets.flatten().double()
+    ss_res = ((outputs - targets) ** 2).sum().item()
+    ss_tot = ((targets - targets.mean()) ** 2).sum().item()
+    return {"mse": ss_res / len(targets), "r^2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")}

@@ -1,0 +1,160 @@
+"""Stage 3: post-training int8 quantization with vai_q_pytorch.
+
+  float  evaluate the float model on --calib_data
+  calib  run the quantizer's calibration over the first --subset_len rows of
+         --calib_data in batches of --batch_size; write quant_info.json (and
+         bias_corr.pth) to --output_dir
+  test   load them and run the quantized model; --evaluate compares it with the
+         float model, --deploy exports the xmodel and the deploy-check data
+
+The real quantizer (pytorch_nndct, in the Vitis AI docker) is used when it can be
+imported; elsewhere the built-in one (package vaiq) computes the same bit for bit.
+Options --nndct_* (e.g. --nndct_param_corr False) go to the quantizer.
+"""
+import os
+import sys
+
+import torch
+from tqdm import tqdm
+
+from checked_io import ArgumentParser, InputError, cli, positive_int, save_npy
+from losses import regression_metrics
+from model import FFN
+from preprocessors import load_from_state_dict, make_dataloader
+from set_seed import DEVICE, set_seed
+
+
+def parse_args(argv=None):
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--calib_data", default="test.npy", help="rows for calibration and evaluation")
+    parser.add_argument("--input_size", type=positive_int, default=2)
+    parser.add_argument("--checkpoint_dir", default="checkpoints")
+    parser.add_argument("--model_name", default="ffn_state_dict.pth", help="state dict, in --checkpoint_dir")
+    parser.add_argument("--subset_len", type=positive_int, default=None, help="use the first N rows (default: all)")
+    parser.add_argument("--batch_size", type=positive_int, default=1)
+    parser.add_argument("--quant_mode", default="calib", choices=["float", "calib", "test"])
+    parser.add_argument("--deploy", action="store_true", help="test mode: export xmodel, deploy-check data, "
+                        "TorchScript and ONNX")
+    parser.add_argument("--evaluate", action="store_true", help="print float and quantized mse and r^2")
+    parser.add_argument("--fast_finetune", action="store_true", help="AdaQuant after calibration (calib), "
+                        "use its parameters (test)")
+    parser.add_argument("--output_dir", default="quantize_result")
+    parser.add_argument("--backend", default="auto", choices=["auto", "nndct", "builtin"],
+                        help="auto: pytorch_nndct if importable, else the built-in quantizer")
+    parser.add_argument("--save_outputs", metavar="FILE.npy", help="float/test mode: save the model's outputs "
+                        "on the rows, float32 (n, 1)")
+    parser.add_argument("--seed", type=int, default=42)
+    args, rest = parser.parse_known_args(argv)
+    from vaiq.options import split_nndct_args
+    nndct_args, unknown = split_nndct_args(rest)
+    if unknown:
+        parser.error("unrecognized arguments: {}".format(" ".join(unknown)))
+    return args
+
+
+def load_backend(name):
+    """(backend name, torch_quantizer) for --backend."""
+    if name in ("auto", "nndct"):
+        try:
+            from pytorch_nndct.apis import torch_quantizer
+            return "nndct", torch_quantizer
+        except ImportError:
+            if name == "nndct":
+                raise InputError("--backend nndct: pytorch_nndct is not installed (it comes with the Vitis AI "
+                                 "docker: conda activate vitis-ai-pytorch); use --backend builtin")
+    from vaiq import torch_quantizer
+    return "builtin", torch_quantizer
+
+
+def predict(model, loader, desc):
+    """(outputs, targets) of the model over the loader, in order."""
+    outputs, targets = [], []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False):
+            outputs.append(model(batch["features"].to(DEVICE)).cpu())
+            targets.append(batch["targets"])
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def save_outputs(path, outputs):
+    if path:
+        save_npy(path, outputs.numpy().astype("float32").reshape(-1, 1))
+
+
+def loss_on(model, loader):
+    """The run function vai_q_pytorch's fast_finetune calls: the model's MSE on the loader."""
+    return regression_metrics(*predict(model, loader, "loss"))["mse"]
+
+
+def print_metrics(columns):
+    """One row per metric, one column per model: {name: {'mse': .., 'r^2': ..}}."""
+    print("{:>6} ".format("") + " ".join("{:>14}".format(name) for name in columns))
+    for metric in ("mse", "r^2"):
+        print("{:>6} ".format(metric) + " ".join("{:>14.6e}".format(m[metric]) for m in columns.values()))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.deploy and args.quant_mode != "test":
+        raise InputError("--deploy needs --quant_mode test (run --quant_mode calib first)")
+    set_seed(args.seed)
+    backend, torch_quantizer = load_backend(args.backend)
+    model_path = os.path.join(args.checkpoint_dir, args.model_name)
+    model = load_from_state_dict(FFN(args.input_size), model_path).to(DEVICE).eval()
+    loader = make_dataloader(args.data_dir, args.calib_data, False, args.batch_size, args.subset_len,
+                             input_size=args.input_size)
+    rows = "{} rows of {}".format(len(loader.dataset), loader.dataset.path)
+
+    if args.quant_mode == "float":
+        float_outputs, targets = predict(model, loader, "float")
+        save_outputs(args.save_outputs, float_outputs)
+        float_metrics = regression_metrics(float_outputs, targets)
+        print_metrics({"float": float_metrics})
+        print("float: {}: mse {:.6e}".format(rows, float_metrics["mse"]))
+        return 0
+
+    # The trace input only fixes shapes; its batch is the xmodel's batch.
+    trace_input = torch.randn(args.batch_size, args.input_size)
+    quantizer = torch_quantizer(args.quant_mode, model, (trace_input,), output_dir=args.output_dir, device=DEVICE)
+    if args.quant_mode == "calib":
+        predict(quantizer.quant_model, loader, "calib")
+        if args.fast_finetune:
+            quantizer.fast_finetune(loss_on, (quantizer.quant_model, loader))
+        changes = quantizer.export_quant_config()
+        for change in changes or []:
+            print("legalized for the DPU: {}".format(change))
+        print("calib ({}): {} in {} batches -> {}".format(backend, rows, len(loader), args.output_dir))
+        return 0
+
+    if args.fast_finetune:
+        quantizer.load_ft_param()
+    if args.evaluate or args.save_outputs:
+        quant_outputs, targets = predict(quantizer.quant_model, loader, "test")
+        save_outputs(args.save_outputs, quant_outputs)
+    if args.evaluate:
+        float_outputs, _ = predict(model, loader, "float")
+        print_metrics({"float": regression_metrics(float_outputs, targets),
+                       "int8": regression_metrics(quant_outputs, targets)})
+    if args.deploy:
+        deploy(torch_quantizer, model, loader, args)
+    print("test ({}): {}{}".format(backend, rows, " -> deployed to " + args.output_dir if args.deploy else ""))
+    return 0
+
+
+def deploy(torch_quantizer, model, loader, args):
+    """Export with a quantizer of batch 1 after one forward of the first row: the
+    xmodel has batch 1 and the deploy-check data is that forward."""
+    first_row = loader.dataset[0]["features"].unsqueeze(0).to(DEVICE)
+    quantizer = torch_quantizer("test", model, (first_row,), output_dir=args.output_dir, device=DEVICE)
+    if args.fast_finetune:
+        quantizer.load_ft_param()
+    with torch.no_grad():
+        quantizer.quant_model(first_row)
+    quantizer.export_xmodel(output_dir=args.output_dir, deploy_check=True)
+    quantizer.export_torch_script(output_dir=args.output_dir)
+    quantizer.export_onnx_model(output_dir=args.output_dir)
+
+
+if __name__ == "__main__":
+    cli(main)

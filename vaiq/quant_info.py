@@ -1,0 +1,141 @@
+"""quant_info.json and bias_corr.pth: the calibration result (spec: "Files").
+
+Written in the release 3.x form with the exact text layout of vai_q_pytorch;
+read in that form and in the flat release 1.3 form, whose activation names
+come from the traced graph and are matched to ours by position.
+"""
+import hashlib
+import json
+import os
+
+import torch
+
+from checked_io import InputError, load_torch_file, torch_save, write_text
+
+from .fixpoint import BIT_WIDTH
+
+QUANT_INFO = "quant_info.json"
+BIAS_CORR = "bias_corr.pth"
+# The release whose arithmetic the built-in quantizer reproduces.
+VERSION = "3.5.0+builtin+torch{}".format(torch.__version__.split("+")[0])
+# vai_q_pytorch 3.5 wrote this graph_md5 for every FFN size; other chains get a
+# digest of their op sequence (the real quantizer's hash input is not public).
+FFN_GRAPH_MD5 = "266ba1edd5084e1cb1978d5d9074b774"
+
+
+class QuantInfoError(InputError):
+    pass
+
+
+def graph_md5(chain):
+    ops = []
+    for layer in chain.layers:
+        ops += ["dense", "relu"] if layer.relu else ["dense"]
+    signature = ",".join(ops)
+    if signature == "dense,relu,dense,relu,dense":
+        return FFN_GRAPH_MD5
+    return hashlib.md5(signature.encode()).hexdigest()
+
+
+def _section(name, entries):
+    """One section as vai_q_pytorch lays it out (jsoncpp's styled writer)."""
+    lines = ['  "{}":'.format(name), "  {"]
+    lines.append(",\n".join('    "{}":[[{},{}]]'.format(key, BIT_WIDTH, fp) for key, fp in entries) or "")
+    lines.append("  }")
+    return "\n".join(lines)
+
+
+def format_quant_info(chain, positions, bias_corrected, fast_finetuned=False):
+    param = [(key, positions["param"][key]) for key in chain.param_tensors()]
+    output = [(key, positions["output"][key]) for key in chain.activation_tensors()]
+    parts = [
+        _section("param", param),
+        _section("output", output),
+        _section("input", []),
+        '  "fast_finetuned":{}'.format(json.dumps(fast_finetuned)),
+        '  "bias_corrected":{}'.format(json.dumps(bias_corrected)),
+        '  "version":{}'.format(json.dumps(VERSION)),
+        '  "graph_md5":{}'.format(json.dumps(graph_md5(chain))),
+    ]
+    return "{\n" + ",\n".join(parts) + "\n}"
+
+
+def write_quant_info(output_dir, chain, positions, bias_corr=None, fast_finetuned=False):
+    """quant_info.json, and bias_corr.pth when bias correction ran (else any old one is removed)."""
+    path = os.path.join(output_dir, BIAS_CORR)
+    if bias_corr is not None:
+        torch_save(bias_corr, path)
+    write_text(os.path.join(output_dir, QUANT_INFO),
+               format_quant_info(chain, positions, bias_corr is not None, fast_finetuned))
+    if bias_corr is None and os.path.exists(path):
+        os.remove(path)
+
+
+def _position(path, key, value):
+    """(bit width, fix position) from [[8, 6]] (3.x) or [8, 6] (1.3)."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+        value = value[0]
+    if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
+        raise QuantInfoError("{}: {} has {!r}, expected [[bit_width, fix_position]]".format(path, key, value))
+    if value[0] != BIT_WIDTH:
+        raise QuantInfoError("{}: {} has bit width {}, the built-in quantizer uses {}".format(path, key, value[0], BIT_WIDTH))
+    return value[1]
+
+
+def _match(path, section, found, expected, by_position):
+    """{our name: value} from the file's section; 1.3 activation names map by position."""
+    if set(found) == set(expected):
+        return {key: found[key] for key in expected}
+    if by_position and len(found) == len(expected):
+        return dict(zip(expected, found.values()))
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    raise QuantInfoError("{}: '{}' does not match the model (missing {}, unexpected {}); was it made for another model?".format(
+        path, section, missing, extra))
+
+
+def read_quant_info(output_dir, chain):
+    """(positions, bias_corrected, fast_finetuned) from a quant_info.json of release 3.x or 1.3."""
+    path = os.path.join(output_dir, QUANT_INFO)
+    if not os.path.isfile(path):
+        raise QuantInfoError("{}: not found; run --quant_mode calib first".format(path))
+    try:
+        with open(path, "rb") as f:
+            info = json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise QuantInfoError("{}: not valid JSON ({})".format(path, e))
+    if not isinstance(info, dict) or not isinstance(info.get("param"), dict) or not isinstance(info.get("output"), dict):
+        raise QuantInfoError("{}: expected an object with 'param' and 'output' sections".format(path))
+    param = _match(path, "param", info["param"], chain.param_tensors(), by_position=False)
+    output = _match(path, "output", info["output"], chain.activation_tensors(), by_position=True)
+    positions = {
+        "param": {key: _position(path, key, value) for key, value in param.items()},
+        "output": {key: _position(path, key, value) for key, value in output.items()},
+    }
+    if "bias_corrected" in info:
+        bias_corrected = info["bias_corrected"]
+    else:  # release 1.3 did not say; it wrote bias_corr.pth when it corrected
+        bias_corrected = os.path.isfile(os.path.join(output_dir, BIAS_CORR))
+    if not isinstance(bias_corrected, bool) or not isinstance(info.get("fast_finetuned", False), bool):
+        raise QuantInfoError("{}: 'bias_corrected' and 'fast_finetuned' must be true or false".format(path))
+    return positions, bias_corrected, info.get("fast_finetuned", False)
+
+
+def read_bias_corr(output_dir, chain):
+    """{Linear node: correction list}, checked against the model's layers."""
+    path = os.path.join(output_dir, BIAS_CORR)
+    if not os.path.isfile(path):
+        raise QuantInfoError("{}: not found, but {} says the bias was corrected; run --quant_mode calib again".format(
+            path, QUANT_INFO))
+    corr = load_torch_file(path, "bias correction file")
+    if not isinstance(corr, dict):
+        raise QuantInfoError("{}: expected a dict of per-layer corrections".format(path))
+    corr = _match(path, "bias correction", corr, [layer.node for layer in chain.layers], by_position=True)
+    for layer in chain.layers:
+        values = corr[layer.node]
+        if not isinstance(values, (list, tuple)) or not all(isinstance(v, float) for v in values):
+            raise QuantInfoError("{}: {} is not a list of floats".format(path, layer.node))
+        if len(values) != layer.linear.out_features:
+            raise QuantInfoError("{}: {} has {} values, the layer has {} outputs".format(
+                path, layer.node, len(values), layer.linear.out_features))
+    return corr

@@ -1,0 +1,107 @@
+"""The built-in quantizer against real vai_q_pytorch 3.5 results, bit for bit.
+
+Each golden case is run through vai_q_pytorch_quant.py's command line
+(in-process, with sys.argv set as the real quantizer reads its options there)."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import vai_q_pytorch_quant
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
+CASES = sorted(os.listdir(GOLDEN)) if os.path.isdir(GOLDEN) else []
+CASES = [c for c in CASES if os.path.isdir(os.path.join(GOLDEN, c))]
+
+
+def run_quant(monkeypatch, case, out_dir, *args):
+    info = json.load(open(os.path.join(GOLDEN, case, "case.json")))
+    argv = ["--data_dir", os.path.join(GOLDEN, case), "--calib_data", info["calib_data"],
+            "--checkpoint_dir", os.path.join(GOLDEN, case), "--model_name", info["model_name"],
+            "--input_size", str(info["input_size"]), "--batch_size", str(info["batch_size"]),
+            "--output_dir", str(out_dir), "--backend", "builtin"]
+    if info["subset_len"] is not None:
+        argv += ["--subset_len", str(info["subset_len"])]
+    argv += list(args) + info["nndct_options"]
+    monkeypatch.setattr(sys, "argv", ["vai_q_pytorch_quant.py"] + argv)
+    assert vai_q_pytorch_quant.main(argv) == 0
+
+
+@pytest.fixture(scope="module", params=CASES)
+def calibrated(request, tmp_path_factory):
+    """A golden case after calib and test through the script: (case, output folder)."""
+    case = request.param
+    out = tmp_path_factory.mktemp(case)
+    with pytest.MonkeyPatch.context() as mp:
+        run_quant(mp, case, out / "quantize_result", "--quant_mode", "calib")
+        run_quant(mp, case, out / "quantize_result", "--quant_mode", "test", "--save_outputs",
+                  str(out / "test_outputs.npy"))
+        run_quant(mp, case, out / "quantize_result", "--quant_mode", "float", "--save_outputs",
+                  str(out / "float_outputs.npy"))
+    return case, out
+
+
+def expected(case, *parts):
+    return os.path.join(GOLDEN, case, "expected", *parts)
+
+
+def test_quant_info_equals_golden(calibrated):
+    case, out = calibrated
+    ours = json.load(open(out / "quantize_result" / "quant_info.json"))
+    theirs = json.load(open(expected(case, "quantize_result", "quant_info.json")))
+    for section in ("param", "output", "input"):
+        assert list(ours[section].items()) == list(theirs[section].items())
+    for key in ("fast_finetuned", "bias_corrected", "graph_md5"):
+        assert ours[key] == theirs[key]
+
+
+def test_quant_info_text_layout_equals_golden(calibrated):
+    """Byte for byte, but for the version string that names the quantizer."""
+    case, out = calibrated
+    ours = (out / "quantize_result" / "quant_info.json").read_text().splitlines()
+    theirs = open(expected(case, "quantize_result", "quant_info.json")).read().splitlines()
+    assert [l for l in ours if '"version"' not in l] == [l for l in theirs if '"version"' not in l]
+    assert not (out / "quantize_result" / "quant_info.json").read_bytes().endswith(b"\n")
+
+
+def test_bias_corr_equals_golden_to_the_last_bit(calibrated):
+    case, out = calibrated
+    golden = expected(case, "quantize_result", "bias_corr.pth")
+    ours = out / "quantize_result" / "bias_corr.pth"
+    if not os.path.exists(golden):
+        assert not ours.exists()
+        return
+    a = torch.load(str(ours), weights_only=True)
+    b = torch.load(golden, weights_only=True)
+    assert list(a) == list(b)
+    for node in b:
+        assert all(type(v) is float for v in a[node])
+        assert np.array(a[node]).tobytes() == np.array(b[node]).tobytes(), node
+
+
+def test_test_mode_outputs_equal_golden(calibrated):
+    case, out = calibrated
+    ours = np.load(str(out / "test_outputs.npy"))
+    theirs = np.load(expected(case, "test_outputs.npy"))
+    assert ours.dtype == theirs.dtype == np.float32 and ours.shape == theirs.shape
+    assert ours.tobytes() == theirs.tobytes()
+
+
+def test_float_outputs_equal_golden(calibrated):
+    case, out = calibrated
+    ours = np.load(str(out / "float_outputs.npy"))
+    theirs = np.load(expected(case, "float_outputs.npy"))
+    assert ours.tobytes() == theirs.tobytes()
+
+
+def test_calibration_history_uses_the_mode_with_ties_to_the_smaller(calibrated):
+    """p3 decides one position by a tie in the batch history; check all histories."""
+    case, _ = calibrated
+    summary = json.load(open(expected(case, "summary.json")))
+    from vaiq.quant_model import history_mode
+    for tensor, history in summary["calib_fix_pos_history"].items():
+        if tensor != "what":
+            assert history_mode(history) == summary["legalization"]["before"]["output"][tensor]

@@ -7,6 +7,7 @@ import torch
 
 from checked_io import InputError
 
+from . import export
 from .fixpoint import BIT_WIDTH
 from .legalize import legalize
 from .options import parse_nndct_options
@@ -37,6 +38,7 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
             positions, bias_corrected, self.fast_finetuned = read_quant_info(output_dir, self.chain)
             bias_corr = read_bias_corr(output_dir, self.chain) if bias_corrected else None
             self.quant_model = QuantModel(self.chain, calib=False, positions=positions, bias_corr=bias_corr)
+            self.quant_model.dumps = {}   # the deploy exports write the tensors of the last forward
 
     def _require(self, mode, what):
         if self.quant_mode != mode:
@@ -54,3 +56,17 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         bias_corr = model.corrected_biases() if model.corrections is not None else None
         write_quant_info(self.output_dir, self.chain, positions, bias_corr, self.fast_finetuned)
         return changes
+
+    # ------------------------------------------------------------ deploy (test mode, one forward of batch 1)
+
+    def export_xmodel(self, output_dir=None, deploy_check=False):
+        self._require("test", "export_xmodel")
+        export.export_xmodel(self.quant_model, output_dir or self.output_dir, deploy_check)
+
+    def export_torch_script(self, output_dir=None):
+        self._require("test", "export_torch_script")
+        export.export_torch_script(self.quant_model, output_dir or self.output_dir)
+
+    def export_onnx_model(self, output_dir=None):
+        self._require("test", "export_onnx_model")
+        export.export_onnx_model(self.quant_model, output_dir or self.output_dir)

@@ -1,0 +1,213 @@
+"""Deploy: the integer model of a test-mode quantizer, written as an XIR xmodel,
+deploy-check dumps, TorchScript and ONNX (spec: "Files in quantize_result/").
+
+Every export is taken from the quantizer's one deploy forward (batch 1): the
+xmodel has batch 1 and the dumps are that forward's tensors.
+"""
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from checked_io import InputError, atomic_path
+
+from .fixpoint import HALF_AWAY, HALF_UP, quantize
+from .int_model import IntLayer, IntModel
+from .trace import op_name
+from .xmodel import write_xmodel
+
+DEPLOY_CHECK_DIR = "deploy_check_data_int"
+
+
+def int_model(quant_model):
+    """The IntModel of a test-mode QuantModel (its parameters are on their grids)."""
+    chain, positions = quant_model.chain, quant_model.positions
+    layers = []
+    for layer, linear in zip(chain.layers, quant_model.linears):
+        fp_w, fp_b = positions["param"][layer.weight_key], positions["param"][layer.bias_key]
+        layers.append(IntLayer(
+            name=layer.name,
+            weight=quantize(linear.weight.data, fp_w, HALF_AWAY).numpy().astype(np.int8),
+            bias=quantize(linear.bias.data, fp_b, HALF_AWAY).numpy().astype(np.int8),
+            fp_w=fp_w, fp_b=fp_b, fp_out=positions["output"][layer.output_tensor], relu=layer.relu,
+            op_name=op_name(layer.traced), relu_op_name=op_name(layer.relu_traced) if layer.relu else None,
+            weight_op_name=op_name(layer.weight_key), bias_op_name=op_name(layer.bias_key)))
+    return IntModel(chain.net_name, op_name(chain.input_traced), chain.input_size,
+                    positions["output"][chain.input_tensor], layers)
+
+
+def deploy_forward_dumps(quant_model):
+    """The deploy forward's tensors, {traced name: float32 tensor}, checked to be one row."""
+    dumps = quant_model.dumps
+    if not dumps:
+        raise InputError("deploy: run exactly one forward of batch 1 on quant_model before exporting")
+    if next(iter(dumps.values())).shape[0] != 1:
+        raise InputError("deploy: the forward had batch {}; the DPU compiles batch 1 only".format(
+            next(iter(dumps.values())).shape[0]))
+    return dumps
+
+
+def write_deploy_check(quant_model, folder):
+    """deploy_check_data_int/<Net>/: NAME.bin (float32) and NAME_fix.bin (int8) of
+    every tensor of the deploy forward, and shape.txt; as the real quantizer names them."""
+    chain, positions = quant_model.chain, quant_model.positions
+    dumps = deploy_forward_dumps(quant_model)
+    files = {}
+
+    def add(name, value, fp=None):
+        value = value.detach().numpy().astype(np.float32)
+        files[name + ".bin"] = value.tobytes()
+        if fp is not None:
+            files[name + "_fix.bin"] = (value * np.float32(2.0 ** fp)).astype(np.int8).tobytes()
+
+    shapes = []
+    add(op_name(chain.input_traced), dumps[chain.input_tensor], positions["output"][chain.input_tensor])
+    shapes.append((dumps[chain.input_tensor], chain.input_traced))
+    for layer, linear in zip(chain.layers, quant_model.linears):
+        for key, param in ((layer.weight_key, linear.weight), (layer.bias_key, linear.bias)):
+            add(op_name(key), param.data, positions["param"][key])
+        own_fp = None if layer.relu else positions["output"][layer.node]
+        add(op_name(layer.traced), dumps[layer.node], own_fp)
+        shapes.append((dumps[layer.node], layer.traced))
+        if layer.relu:
+            add(op_name(layer.relu_traced), dumps[layer.relu_node], positions["output"][layer.relu_node])
+            shapes.append((dumps[layer.relu_node], layer.relu_traced))
+    shape_text = "".join("{}: {}\n".format(list(value.shape), name) for value, name in shapes)
+
+    with atomic_path(os.path.join(folder, DEPLOY_CHECK_DIR)) as tmp:
+        net_dir = os.path.join(tmp, chain.net_name)
+        os.makedirs(net_dir)
+        for name, data in files.items():
+            with open(os.path.join(net_dir, name), "wb") as f:
+                f.write(data)
+        with open(os.path.join(net_dir, "shape.txt"), "w") as f:
+            f.write(shape_text)
+
+
+def export_xmodel(quant_model, output_dir, deploy_check=False):
+    deploy_forward_dumps(quant_model)
+    write_xmodel(int_model(quant_model), os.path.join(output_dir, quant_model.chain.net_name + "_int.xmodel"))
+    if deploy_check:
+        write_deploy_check(quant_model, output_dir)
+
+
+# ---------------------------------------------------------------- TorchScript
+
+class _FixedPointChain(nn.Module):
+    """The test-mode forward with no dependency on this project, for TorchScript:
+    parameters already on their grids, activations rounded half up exactly."""
+
+    def __init__(self, int_net):
+        super().__init__()
+        weights, biases, scales = [], [], [2.0 ** int_net.fp_in]
+        for layer in int_net.layers:
+            weights.append(torch.from_numpy(layer.weight.astype(np.float32) * np.float32(2.0 ** -layer.fp_w)))
+            biases.append(torch.from_numpy(layer.bias.astype(np.float32) * np.float32(2.0 ** -layer.fp_b)))
+            scales.append(2.0 ** layer.fp_out)
+        self.weights = nn.ParameterList(nn.Parameter(w, requires_grad=False) for w in weights)
+        self.biases = nn.ParameterList(nn.Parameter(b, requires_grad=False) for b in biases)
+        self.scales = scales
+        self.relus = [layer.relu for layer in int_net.layers]
+
+    @staticmethod
+    def fix(x, scale):
+        scaled = x * scale
+        low = torch.floor(scaled)
+        q = torch.clamp(low + (scaled - low >= 0.5).to(x.dtype), -128.0, 127.0)
+        return q / scale
+
+    def forward(self, x):
+        x = self.fix(x.float(), self.scales[0])
+        for k in range(len(self.relus)):
+            x = torch.nn.functional.linear(x, self.weights[k], self.biases[k])
+            if self.relus[k]:
+                x = torch.relu(x)
+            x = self.fix(x, self.scales[k + 1])
+        return x
+
+
+def export_torch_script(quant_model, output_dir):
+    dumps = deploy_forward_dumps(quant_model)
+    example = dumps[quant_model.chain.input_tensor]
+    module = _FixedPointChain(int_model(quant_model)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # torch.jit is deprecated in recent releases, still the format asked for
+        traced = torch.jit.trace(module, example)
+    path = os.path.join(output_dir, quant_model.chain.net_name + "_int.pt")
+    with atomic_path(path) as tmp:
+        traced.save(tmp)
+
+
+# ---------------------------------------------------------------- ONNX
+
+ONNX_OPSET = 13
+ONNX_IR_VERSION = 8   # read by onnxruntime 1.11 and later
+
+
+def onnx_graph(int_net):
+    """An ONNX model of the integer network with standard operators.
+
+    Parameters are int8 initializers behind DequantizeLinear with scale 2^-fp.
+    Each activation is rounded half up (the DPU's rounding) with Floor, Sub,
+    GreaterOrEqual and Add on the exact scaled value, and only then passes
+    through QuantizeLinear/DequantizeLinear: QuantizeLinear alone rounds half
+    to even, and here it meets integers only, so it saturates and never rounds.
+    Inference in onnxruntime then equals the quantizer's test mode exactly.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+
+    def const(name, value, dtype=np.float32):
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    zero = const("zero_point", 0, np.int8)
+    half = const("half", 0.5)
+
+    def node(op, inputs, name, **attrs):
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def fix(x, fp, name):
+        scale = const(name + "/scale", 2.0 ** -fp)
+        scaled = node("Mul", [x, const(name + "/inv_scale", 2.0 ** fp)], name + "/scaled")
+        low = node("Floor", [scaled], name + "/floor")
+        up = node("GreaterOrEqual", [node("Sub", [scaled, low], name + "/frac"), half], name + "/round_up")
+        rounded = node("Add", [low, node("Cast", [up], name + "/carry", to=TensorProto.FLOAT)], name + "/rounded")
+        on_grid = node("Mul", [rounded, scale], name + "/on_grid")
+        q = node("QuantizeLinear", [on_grid, scale, zero], name + "/q")
+        return node("DequantizeLinear", [q, scale, zero], name)
+
+    def param(name, q, fp):
+        scale = const(name + "/scale", 2.0 ** -fp)
+        return node("DequantizeLinear", [const(name + "/int8", q, np.int8), scale, zero], name)
+
+    input_name = "{}::input_0".format(int_net.net_name)
+    x = fix(input_name, int_net.fp_in, int_net.input_op_name + "_fix")
+    for layer in int_net.layers:
+        w = param(layer.weight_op_name + "_fix", layer.weight, layer.fp_w)
+        b = param(layer.bias_op_name + "_fix", layer.bias, layer.fp_b)
+        x = node("Gemm", [x, w, b], layer.op_name, transB=1)
+        if layer.relu:
+            x = node("Relu", [x], layer.relu_op_name)
+        x = fix(x, layer.fp_out, layer.output_op_name + "_fix")
+    graph = helper.make_graph(
+        nodes, int_net.net_name + "_int",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", int_net.input_size])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", len(int_net.layers[-1].bias)])],
+        inits)
+    model = helper.make_model(graph, producer_name="vaiq", opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    model.ir_version = ONNX_IR_VERSION
+    return model
+
+
+def export_onnx_model(quant_model, output_dir):
+    deploy_forward_dumps(quant_model)
+    model = onnx_graph(int_model(quant_model))
+    path = os.path.join(output_dir, quant_model.chain.net_name + "_int.onnx")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(model.SerializeToString())

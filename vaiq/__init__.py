@@ -1,5 +1,13 @@
 """The built-in quantizer: what vai_q_pytorch (pytorch_nndct) computes for chains of
 Linear and ReLU layers, bit for bit, for machines without the Vitis AI docker."""
-from .quantizer import torch_quantizer
 
 __all__ = ["torch_quantizer"]
+
+
+def __getattr__(name):
+    # Imported on first use: the xmodel reader and the integer DPU (simulate.py,
+    # compile.sh) need neither torch nor the quantizer.
+    if name == "torch_quantizer":
+        from .quantizer import torch_quantizer
+        return torch_quantizer
+    raise AttributeError(name)

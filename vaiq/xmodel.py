@@ -1,0 +1,509 @@
+"""The XIR graph file (`<Net>_int.xmodel`) of the integer network: write, read, compare.
+
+The writer produces the op list that vai_q_pytorch 3.5 writes for a chain of
+Linear (+ReLU) layers: the input, every parameter as a const (last layer
+first, bias before weight), then per layer a matmul and an optional relu, each
+value followed by its fix op. It leaves out the op registry (`op_defs`) that
+the quantizer copies into every file, because XIR ignores it on read.
+
+The reader accepts such files from any release (1.3 and 3.5 name their ops
+differently): it follows the op args, not the names, and reports every problem
+as an XmodelError that names the file.
+"""
+import os
+
+import numpy as np
+
+from checked_io import InputError, write_bytes
+from vaiq import xmodel_pb2
+from vaiq.int_model import IntLayer, IntModel
+
+
+class XmodelError(InputError):
+    """An .xmodel file that is not a valid integer Linear/ReLU network."""
+
+
+MAX_FILE_BYTES = 64 * 1024 * 1024   # an FFN file is ~80 KB; refuse anything absurd before parsing
+FLOAT = 4                           # Tensor.data_type of every tensor before compilation
+FLOAT_BITS = 32
+BIT_WIDTH = 8
+INT8_MIN, INT8_MAX = -128, 127
+ROUND_MODE = "DPU_ROUND"
+# Positions beyond +-64 mean steps below 2^-64 or above 2^64, which no int8
+# network uses; the bound also keeps q * 2^-fp exact in float32.
+FIX_POINT_LIMIT = 64
+SUPPORTED_OP_TYPES = ("data", "const", "fix", "matmul", "relu")
+# The attributes every fix op carries, with the AttrValue member XIR reads
+# them from: a value stored in another member (e.g. an int64 fix_point) is
+# misread silently by XIR, so the reader refuses it.
+FIX_ATTRS = (("fix_point", "int32_value"), ("bit_width", "int32_value"),
+             ("round_mode", "string_value"), ("if_signed", "bool_value"))
+
+
+def fix_name(op_name):
+    """The fix op that follows `op_name`."""
+    return op_name + "_fix"
+
+
+def grid_values(q, fp):
+    """The float32 values q * 2^-fp of int8 numbers q at fix position fp.
+
+    Exact in float32 for |fp| <= FIX_POINT_LIMIT. An integer 0 converts to
+    +0.0 and stays +0.0 when scaled, so -0.0 never appears (the quantizer
+    stores +0.0).
+    """
+    return np.asarray(q).astype(np.float32) * np.float32(2.0 ** -fp)
+
+
+# ---------------------------------------------------------------- writing
+
+def build_graph(model):
+    """The serial_v2.Graph message of an IntModel, as vai_q_pytorch 3.5 writes it."""
+    _check_model(model)
+    graph = xmodel_pb2.Graph(graph_name=model.net_name)
+    in_shape = [1, model.input_size]
+    _add_op(graph, model.input_op_name, "data", in_shape,
+            {"shape": ("int32_vec_value", in_shape), "data_type": ("string_value", "FLOAT32")})
+    _add_fix(graph, model.input_op_name, in_shape, model.fp_in)
+    for layer in reversed(model.layers):
+        _add_const(graph, layer.bias_op_name, layer.bias, layer.fp_b)
+        _add_const(graph, layer.weight_op_name, layer.weight, layer.fp_w)
+    x = fix_name(model.input_op_name)
+    for layer in model.layers:
+        out_shape = [1, len(layer.bias)]
+        _add_op(graph, layer.op_name, "matmul", out_shape,
+                {"transpose_a": ("bool_value", False), "transpose_b": ("bool_value", True)},
+                [("input", [x, fix_name(layer.weight_op_name)]), ("bias", [fix_name(layer.bias_op_name)])])
+        if layer.relu:
+            _add_op(graph, layer.relu_op_name, "relu", out_shape, {}, [("input", [layer.op_name])])
+        _add_fix(graph, layer.output_op_name, out_shape, layer.fp_out)
+        x = fix_name(layer.output_op_name)
+    graph.subg_root.subgraph_name = "root"
+    graph.subg_root.op_name.extend(op.op_name for op in graph.op_node)
+    return graph
+
+
+def serialize_graph(graph):
+    """The file bytes, the same every time (map entries sorted by key).
+
+    Only the order of map entries may differ between protobuf runtimes (upb puts
+    "data_type" before "data", the pure-Python runtime after); XIR does not care.
+    """
+    return graph.SerializeToString(deterministic=True)
+
+
+def write_xmodel(model, path):
+    write_bytes(path, serialize_graph(build_graph(model)))
+
+
+def _add_op(graph, name, op_type, shape, attrs, args=()):
+    op = graph.op_node.add(op_name=name, op_type=op_type)
+    for key, (member, value) in attrs.items():
+        _set_attr(op.op_attr[key], member, value)
+    for arg_name, producers in args:
+        op.args.add(arg_name=arg_name, arg_ops=producers)
+    op.output_tensor.tensor_name = name
+    op.output_tensor.tensor_dim.extend(shape)
+    op.output_tensor.data_type = FLOAT
+    op.output_tensor.tensor_bit_width = FLOAT_BITS
+
+
+def _add_fix(graph, producer, shape, fp):
+    _add_op(graph, fix_name(producer), "fix", shape,
+            {"fix_point": ("int32_value", int(fp)), "bit_width": ("int32_value", BIT_WIDTH),
+             "round_mode": ("string_value", ROUND_MODE), "if_signed": ("bool_value", True)},
+            [("input", [producer])])
+
+
+def _add_const(graph, name, q, fp):
+    shape = list(np.shape(q))
+    data = grid_values(q, fp).astype("<f4").tobytes()
+    _add_op(graph, name, "const", shape,
+            {"shape": ("int32_vec_value", shape), "data_type": ("string_value", "float32"),
+             "data": ("bytes_value", data)})
+    _add_fix(graph, name, shape, fp)
+
+
+def _set_attr(attr, member, value):
+    if member == "bytes_value":
+        attr.bytes_value.value = value
+    elif member == "int32_vec_value":
+        attr.int32_vec_value.SetInParent()   # selects the member even for an empty vector
+        attr.int32_vec_value.value.extend(int(v) for v in value)
+    else:
+        setattr(attr, member, value)
+
+
+def _check_model(model):
+    """Refuse an IntModel that would give a file XIR rejects (a bug upstream, hence ValueError)."""
+    fps = [model.fp_in]
+    width = model.input_size
+    for layer in model.layers:
+        w, b = np.asarray(layer.weight), np.asarray(layer.bias)
+        if w.shape != (len(b), width):
+            raise ValueError("IntModel layer {}: weight shape {} and bias shape {}, expected [out, {}] and [out]"
+                             .format(layer.name, w.shape, b.shape, width))
+        for what, q in (("weight", w), ("bias", b)):
+            if q.dtype.kind not in "iu" or q.size and (q.min() < INT8_MIN or q.max() > INT8_MAX):
+                raise ValueError("IntModel layer {}: {} is not int8".format(layer.name, what))
+        if layer.relu and not layer.relu_op_name:
+            raise ValueError("IntModel layer {}: relu without relu_op_name".format(layer.name))
+        fps += [layer.fp_w, layer.fp_b, layer.fp_out]
+        width = len(b)
+    if not model.layers:
+        raise ValueError("IntModel has no layers")
+    if any(abs(int(fp)) > FIX_POINT_LIMIT for fp in fps):
+        raise ValueError("IntModel: fix positions {} outside [-{limit}, {limit}]".format(fps, limit=FIX_POINT_LIMIT))
+
+
+# ---------------------------------------------------------------- reading
+
+def read_xmodel(path):
+    """The IntModel that an .xmodel file holds; XmodelError for anything else."""
+    return graph_to_model(read_graph(path), path)
+
+
+def read_graph(path):
+    """Parse an .xmodel file into a Graph message, refusing files too big to be an FFN."""
+    if os.path.isdir(path):
+        raise XmodelError("{}: is a folder, expected an .xmodel file".format(path))
+    if not os.path.isfile(path):
+        what = "not a regular file" if os.path.exists(path) else "xmodel file not found"
+        raise XmodelError("{}: {}".format(path, what))
+    too_big = XmodelError("{}: over the {} MiB limit for an xmodel; not parsed".format(
+        path, MAX_FILE_BYTES // (1024 * 1024)))
+    try:
+        if os.path.getsize(path) > MAX_FILE_BYTES:
+            raise too_big
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)   # the file may grow meanwhile
+    except OSError as e:
+        raise XmodelError("{}: cannot read ({})".format(path, e.strerror or e))
+    if len(data) > MAX_FILE_BYTES:
+        raise too_big
+    if not data:
+        raise XmodelError("{}: is empty, not an xmodel".format(path))
+    return parse_graph(data, path)
+
+
+def parse_graph(data, source):
+    graph = xmodel_pb2.Graph()
+    try:
+        graph.ParseFromString(data)
+    except Exception:  # DecodeError, or whatever the pure-Python runtime raises on garbage
+        raise XmodelError("{}: not a valid xmodel (protobuf parse error)".format(source))
+    return graph
+
+
+def graph_to_model(graph, source):
+    """Validate a Graph as data -> fix -> (matmul [-> relu] -> fix)* and return its IntModel."""
+    return _GraphReader(graph, source).model()
+
+
+def _show(value, limit=120):
+    """A value from the file fit for a one-line message: control characters escaped, long text cut."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _kind(attr):
+    """The AttrValue member that is set, as a type name: "int32", "string", ... or "empty"."""
+    member = attr.WhichOneof("value")
+    return member[:-len("_value")] if member else "empty"
+
+
+class _GraphReader:
+    def __init__(self, graph, source):
+        self.graph = graph
+        self.source = source
+        self.ops = {}          # name -> OPNode, in file order
+        self.consumers = {}    # name -> names of the ops that take it as an arg
+        self.used = set()      # ops reached from the input; every op must be
+        self._index()
+
+    def error(self, template, *values):
+        """An XmodelError naming the file; `values` come from the file and are shown safely."""
+        return XmodelError("{}: {}".format(self.source, template.format(*[_show(v) for v in values])))
+
+    def _index(self):
+        names = [op.op_name for op in self.graph.op_node]
+        for op in self.graph.op_node:
+            if not op.op_name:
+                raise self.error("an op of type '{}' has no name", op.op_type)
+            if op.op_name in self.ops:
+                raise self.error("op name {} appears twice", op.op_name)
+            if op.op_type not in SUPPORTED_OP_TYPES:
+                raise self.error("op {} has unsupported type '{}' (supported: {})",
+                                 op.op_name, op.op_type, ", ".join(SUPPORTED_OP_TYPES))
+            # The other types' args are checked where the chain reaches them.
+            if op.op_type in ("data", "const") and op.args:
+                raise self.error("op {} ({}) has args; {} ops take none", op.op_name, op.op_type, op.op_type)
+            for arg in op.args:
+                for producer in arg.arg_ops:
+                    if producer not in self.ops:
+                        where = "before it is defined (ops must be in topological order)" \
+                            if producer in names else "which does not exist"
+                        raise self.error("op {} uses op {} {}", op.op_name, producer, where)
+                    self.consumers[producer].append(op.op_name)
+            self.ops[op.op_name] = op
+            self.consumers[op.op_name] = []
+
+    # ---- the chain
+
+    def model(self):
+        if not self.ops:
+            raise self.error("holds no ops, not an xmodel of a network")
+        data_ops = [op for op in self.graph.op_node if op.op_type == "data"]
+        if len(data_ops) != 1:
+            raise self.error("has {} data ops, expected 1 (the network input)", len(data_ops))
+        data = data_ops[0]
+        shape = self.int_vector(data, "shape")
+        if len(shape) != 2 or shape[1] < 1:
+            raise self.error("input {} has shape {}, expected [batch, features]", data.op_name, shape)
+        if shape[0] != 1:
+            raise self.error("batch {}, the DPU compiles batch 1 only", shape[0])
+        self.require_float32(data)
+        self.use(data, shape)
+        x = self.only_consumer(data, ("fix",))
+        fp_in = self.fix_point(x, data.op_name, shape, activation=True)
+        layers = []
+        width = shape[1]
+        while self.consumers[x.op_name]:
+            layer, x = self.layer(self.only_consumer(x, ("matmul",)), x, width)
+            layers.append(layer)
+            width = len(layer.bias)
+        if not layers:
+            raise self.error("has no matmul layer after the input")
+        unused = [op for op in self.graph.op_node if op.op_name not in self.used]
+        if unused:
+            raise self.error("op {} ({}) is not part of the input -> matmul -> relu -> fix chain",
+                             unused[0].op_name, unused[0].op_type)
+        return IntModel(net_name=self.graph.graph_name, input_op_name=data.op_name,
+                        input_size=shape[1], fp_in=fp_in, layers=layers)
+
+    def layer(self, matmul, x, width):
+        """The layer of `matmul`, which reads activation fix op `x`; (IntLayer, its output fix op)."""
+        args = self.args(matmul, ("input", "bias"))
+        if len(args["input"]) != 2 or args["input"][0] != x.op_name:
+            raise self.error("matmul {} has inputs {}, expected [{}, <weight fix op>]",
+                             matmul.op_name, list(args["input"]), x.op_name)
+        if len(args["bias"]) != 1:
+            raise self.error("matmul {} has {} bias ops, expected 1", matmul.op_name, len(args["bias"]))
+        for key, expected in (("transpose_a", False), ("transpose_b", True)):
+            if self.bool_attr(matmul, key) != expected:
+                raise self.error("matmul {} has {} {}, expected {} (a Linear's [out, in] weight)",
+                                 matmul.op_name, key, not expected, expected)
+        weight_op, weight, fp_w = self.param(args["input"][1], matmul)
+        bias_op, bias, fp_b = self.param(args["bias"][0], matmul)
+        if weight.ndim != 2 or weight.shape[1] != width:
+            raise self.error("const {} has shape {}, expected [out, {}] (the previous layer's width)",
+                             weight_op.op_name, list(weight.shape), width)
+        if bias.shape != weight.shape[:1]:
+            raise self.error("const {} has shape {}, expected [{}] (the weight's out)",
+                             bias_op.op_name, list(bias.shape), weight.shape[0])
+        out_shape = [1, weight.shape[0]]
+        self.use(matmul, out_shape)
+        after = self.only_consumer(matmul, ("relu", "fix"))
+        relu = after.op_type == "relu"
+        if relu:
+            self.single_input(after)
+            self.use(after, out_shape)
+            output, after = after, self.only_consumer(after, ("fix",))
+        else:
+            output = matmul
+        fp_out = self.fix_point(after, output.op_name, out_shape, activation=True)
+        return IntLayer(name=_layer_name(weight_op.op_name, self.graph.graph_name),
+                        weight=weight, bias=bias, fp_w=fp_w, fp_b=fp_b, fp_out=fp_out, relu=relu,
+                        op_name=matmul.op_name, relu_op_name=output.op_name if relu else None,
+                        weight_op_name=weight_op.op_name, bias_op_name=bias_op.op_name), after
+
+    def param(self, fix_op_name, matmul):
+        """A weight or bias: the fix op named by the matmul and its const; (const op, int8 values, fp)."""
+        fix = self.ops[fix_op_name]
+        if fix.op_type != "fix":
+            raise self.error("matmul {} takes {} ({}) as a parameter, expected a fix op",
+                             matmul.op_name, fix.op_name, fix.op_type)
+        producer = self.ops[self.single_input(fix)]
+        if producer.op_type != "const":
+            raise self.error("fix op {} of a parameter reads {} ({}), expected a const",
+                             fix.op_name, producer.op_name, producer.op_type)
+        shape = self.int_vector(producer, "shape")
+        fp = self.fix_point(fix, producer.op_name, shape, activation=False)
+        values = self.const_values(producer, shape, fp)
+        self.use(producer, shape)
+        return producer, values, fp
+
+    # ---- single ops
+
+    def use(self, op, shape):
+        """Mark `op` as part of the chain after checking its output tensor."""
+        if op.op_name in self.used:
+            raise self.error("op {} is used by more than one layer", op.op_name)
+        if not op.HasField("output_tensor"):
+            raise self.error("op {} has no output tensor", op.op_name)
+        dims = list(op.output_tensor.tensor_dim)
+        if dims != list(shape):
+            raise self.error("op {} has an output tensor of shape {}, expected {}", op.op_name, dims, list(shape))
+        self.used.add(op.op_name)
+
+    def only_consumer(self, op, types):
+        users = self.consumers[op.op_name]
+        if len(users) != 1 or self.ops[users[0]].op_type not in types:
+            found = ", ".join("{} ({})".format(u, self.ops[u].op_type) for u in users) or "nothing"
+            raise self.error("op {} feeds {}; expected a single {} op", op.op_name, found, " or ".join(types))
+        return self.ops[users[0]]
+
+    def args(self, op, names):
+        """The op's args as {name: producers}; exactly the given names, each non-empty."""
+        args = {}
+        for arg in op.args:
+            if arg.arg_name not in names or arg.arg_name in args:
+                raise self.error("op {} has an unexpected arg '{}' (expected {})",
+                                 op.op_name, arg.arg_name, ", ".join(names))
+            args[arg.arg_name] = list(arg.arg_ops)
+        for name in names:
+            if not args.get(name):
+                raise self.error("op {} has no '{}' arg", op.op_name, name)
+        return args
+
+    def single_input(self, op):
+        """The one producer of a fix or relu op."""
+        producers = self.args(op, ("input",))["input"]
+        if len(producers) != 1:
+            raise self.error("op {} has {} inputs, expected 1", op.op_name, len(producers))
+        return producers[0]
+
+    def fix_point(self, fix, producer, shape, activation):
+        """Check a fix op that reads `producer`; return its fix_point."""
+        if self.single_input(fix) != producer:
+            raise self.error("fix op {} does not read {}", fix.op_name, producer)
+        values = {key: self.attr(fix, key, member) for key, member in FIX_ATTRS}
+        if values["bit_width"] != BIT_WIDTH:
+            raise self.error("op {} has bit_width {}; only 8-bit is supported", fix.op_name, values["bit_width"])
+        if not values["if_signed"]:
+            raise self.error("op {} has if_signed false; int8 values are signed", fix.op_name)
+        # Parameters are consts already on their grid, so only activations depend on the rounding.
+        if activation and values["round_mode"] != ROUND_MODE:
+            raise self.error("op {} has round_mode '{}'; the DPU rounds activations with {}",
+                             fix.op_name, values["round_mode"], ROUND_MODE)
+        fp = values["fix_point"]
+        if abs(fp) > FIX_POINT_LIMIT:
+            raise self.error("op {} has fix_point {}, outside [-{}, {}]",
+                             fix.op_name, fp, FIX_POINT_LIMIT, FIX_POINT_LIMIT)
+        self.use(fix, shape)
+        return fp
+
+    def attr(self, op, key, member):
+        if key not in op.op_attr:
+            raise self.error("op {} has no attribute {}", op.op_name, key)
+        value = op.op_attr[key]
+        if value.WhichOneof("value") != member:
+            raise self.error("op {}: attribute {} is {}, expected {}",
+                             op.op_name, key, _kind(value), member[:-len("_value")])
+        return getattr(value, member)
+
+    def bool_attr(self, op, key):
+        """A bool attribute that XIR defaults to false when absent."""
+        return self.attr(op, key, "bool_value") if key in op.op_attr else False
+
+    def int_vector(self, op, key):
+        return list(self.attr(op, key, "int32_vec_value").value)
+
+    def require_float32(self, op):
+        data_type = self.attr(op, "data_type", "string_value")
+        if data_type.lower() != "float32":
+            raise self.error("op {} has data_type '{}', expected float32", op.op_name, data_type)
+
+    def const_values(self, op, shape, fp):
+        """The const's float32 data as int8 numbers on the 2^-fp grid."""
+        self.require_float32(op)
+        data = self.attr(op, "data", "bytes_value").value
+        if any(d < 1 for d in shape):
+            raise self.error("const {} has shape {}, expected positive sizes", op.op_name, shape)
+        if len(data) != 4 * int(np.prod(shape, dtype=object)):
+            raise self.error("const {} holds {} bytes, expected 4 per element of shape {}",
+                             op.op_name, len(data), shape)
+        values = np.frombuffer(data, dtype="<f4").astype(np.float64).reshape(shape)
+        q = np.ldexp(values, fp)
+        off_grid = ~np.isfinite(q) | (q != np.round(q))
+        if off_grid.any():
+            raise self.error("const {}: value {} is not a multiple of 2^{} (off the grid of fix_point {})",
+                             op.op_name, float(values[off_grid][0]), -fp, fp)
+        outside = (q < INT8_MIN) | (q > INT8_MAX)
+        if outside.any():
+            raise self.error("const {}: value {} is outside int8 at fix_point {}",
+                             op.op_name, float(values[outside][0]), fp)
+        return q.astype(np.int8)
+
+
+def _layer_name(weight_op_name, net_name):
+    """The Linear's name from its weight const: "FFN__l1_weight" -> "l1"."""
+    name = weight_op_name
+    prefix = net_name + "__"
+    if name.startswith(prefix):
+        name = name[len(prefix):]
+    if name.endswith("_weight"):
+        name = name[:-len("_weight")]
+    return name
+
+
+# ---------------------------------------------------------------- comparing
+
+def graph_summary(graph):
+    """A canonical, comparable form of a Graph: what XIR reads from it.
+
+    The op list (types, attributes with their value types, args, output
+    tensors, const bytes), subg_root and graph_attr, with map entries sorted;
+    op_defs (the op registry that XIR ignores) are left out.
+    """
+    return {
+        "graph_name": graph.graph_name,
+        "graph_attr": _attr_map(graph.graph_attr),
+        "ops": [_op_summary(op) for op in graph.op_node],
+        "subg_root": _subgraph_summary(graph.subg_root) if graph.HasField("subg_root") else None,
+    }
+
+
+def _op_summary(op):
+    tensor = None
+    if op.HasField("output_tensor"):
+        t = op.output_tensor
+        tensor = {"name": t.tensor_name, "dim": list(t.tensor_dim), "data_type": t.data_type,
+                  "bit_width": t.tensor_bit_width, "attr": _attr_map(t.tensor_attr)}
+    return {"name": op.op_name, "type": op.op_type, "attr": _attr_map(op.op_attr),
+            "args": [(arg.arg_name, list(arg.arg_ops)) for arg in op.args], "output_tensor": tensor}
+
+
+def _subgraph_summary(subgraph):
+    return {"name": subgraph.subgraph_name, "ops": list(subgraph.op_name),
+            "attr": _attr_map(subgraph.subg_attr),
+            "children": [_subgraph_summary(child) for child in subgraph.subg_child]}
+
+
+def _attr_map(attrs):
+    return sorted((key, _kind(value), _plain(value)) for key, value in attrs.items())
+
+
+def _plain(attr):
+    """An AttrValue's content as plain Python values (vectors as lists, maps as sorted pairs)."""
+    member = attr.WhichOneof("value")
+    if member is None:
+        return None
+    value = getattr(attr, member)
+    if member == "bytes_value":
+        return value.value
+    if member == "bytes_vec_value":
+        return [item.value for item in value.value]
+    if member.endswith("_vec_value"):
+        return list(value.value)
+    if member.startswith("map_"):
+        return sorted((key, _map_item(item)) for key, item in value.value.items())
+    return value
+
+
+def _map_item(item):
+    if isinstance(item, xmodel_pb2.Bytes):
+        return item.value
+    if hasattr(item, "value"):   # a vector message
+        return list(item.value)
+    return item

@@ -1,0 +1,118 @@
+"""Run an .xmodel on the integer DPU reference (vaiq/dpu.py).
+
+    python simulate.py XMODEL --data data/test.npy [--check DEPLOY_CHECK_DIR]
+                       [--input_size N] [--output FILE.npy]
+
+Prints the MSE of the integer outputs against the data's targets (last
+column). With --check, row 0 of the data must be the row of the quantizer's
+deploy run: every tensor dumped in the deploy-check folder is compared exactly
+with the integer forward of that row, one line per tensor, and the exit code
+is 1 if any differs.
+"""
+import os
+
+import numpy as np
+
+from checked_io import (ArgumentParser, InputError, cli, load_npy, positive_int,
+                        require_dir, require_file, save_npy)
+from vaiq import dpu
+
+EXIT_MISMATCH = 1
+
+
+def parse_args():
+    parser = ArgumentParser(description="Run an .xmodel on the integer DPU reference.")
+    parser.add_argument("xmodel", help="the quantizer's <Net>_int.xmodel")
+    parser.add_argument("--data", required=True,
+                        help=".npy array (rows, input_size + 1): features, then the target")
+    parser.add_argument("--check", metavar="DEPLOY_CHECK_DIR",
+                        help="deploy_check_data_int/<Net> folder (or deploy_check_data_int) of "
+                             "the deploy run on row 0 of --data; every dump must match exactly")
+    parser.add_argument("--input_size", type=positive_int,
+                        help="the expected number of features (checked against the xmodel)")
+    parser.add_argument("--output", metavar="FILE.npy",
+                        help="save the outputs, float32 (rows, 1)")
+    return parser.parse_args()
+
+
+def load_model(path):
+    """The IntModel of an .xmodel, checked to be runnable with one output."""
+    require_file(path, "xmodel")
+    from vaiq.xmodel import read_xmodel
+
+    model = read_xmodel(path)
+    try:
+        dpu.check_model(model)
+    except ValueError as e:
+        raise InputError("{}: {}".format(path, e))
+    n_out = model.layers[-1].weight.shape[0]
+    if n_out != 1:
+        raise InputError("{}: the network has {} outputs, expected 1 (one target column)".format(
+            path, n_out))
+    return model
+
+
+def _has_dumps(folder):
+    return any(name.endswith(".bin") for name in os.listdir(folder))
+
+
+def dump_folder(path, net_name):
+    """The folder holding the .bin dumps: `path` itself or its `<Net>` subfolder."""
+    require_dir(path, "deploy-check folder")
+    nested = os.path.join(path, net_name)
+    if not _has_dumps(path) and os.path.isdir(nested):
+        path = nested
+    if not _has_dumps(path):
+        raise InputError("{}: no .bin dumps in the deploy-check folder".format(path))
+    return path
+
+
+def mean_squared_error(outputs, targets):
+    """In float64, of the float32 outputs against the targets as stored."""
+    return float(np.mean((outputs[:, 0].astype(np.float64) - targets.astype(np.float64)) ** 2))
+
+
+def check_dumps(model, x_row0, folder):
+    """Print one line per dumped tensor; return (all match, text for the summary line)."""
+    checks = dpu.compare_dumps(dpu.deploy_dumps(model, x_row0), folder)
+    for check in checks:
+        print("  " + check.describe())
+    bad = [c for c in checks if not c.ok]
+    if not bad:
+        return True, "deploy check: all {} tensors match".format(len(checks))
+    text = "deploy check: {} of {} tensors differ".format(len(bad), len(checks))
+    input_dumps = {model.input_op_name + ".bin", model.input_op_name + dpu.FIX_SUFFIX + ".bin"}
+    if any(c.name in input_dumps for c in bad):
+        text += " (the input differs: is row 0 of the data the deploy row?)"
+    return False, text
+
+
+def main():
+    args = parse_args()
+    if args.output is not None and not args.output.endswith(".npy"):
+        raise InputError("{}: --output must be a .npy file".format(args.output))
+    model = load_model(args.xmodel)
+    if args.input_size is not None and args.input_size != model.input_size:
+        raise InputError("{}: takes {} inputs, but --input_size is {}".format(
+            args.xmodel, model.input_size, args.input_size))
+    data = load_npy(args.data, n_columns=model.input_size + 1)
+    folder = dump_folder(args.check, model.net_name) if args.check else None
+    features, targets = data[:, :-1], data[:, -1]
+    try:
+        outputs = dpu.outputs(model, features)
+    except ValueError as e:
+        raise InputError("{}: {}".format(args.xmodel, e))
+    summary = ["{} rows".format(len(data)), "MSE {!r}".format(mean_squared_error(outputs, targets))]
+    if args.output is not None:
+        save_npy(args.output, outputs)
+        summary.append("outputs in {}".format(args.output))
+    all_match = True
+    if folder is not None:
+        all_match, text = check_dumps(model, features[0], folder)
+        summary.append(text)
+    print("simulate {}: {}".format(os.path.basename(args.xmodel), ", ".join(summary)))
+    return 0 if all_match else EXIT_MISMATCH
+
+
+if __name__ == "__main__":
+    cli(main)

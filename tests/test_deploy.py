@@ -1,0 +1,95 @@
+"""Deploy (test mode with --deploy) against the real quantizer's golden exports."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_quantizer_golden import CASES, GOLDEN, expected, run_quant
+from vaiq.xmodel import graph_summary, read_graph
+
+
+@pytest.fixture(scope="module", params=CASES)
+def deployed(request, tmp_path_factory):
+    case = request.param
+    out = tmp_path_factory.mktemp(case) / "quantize_result"
+    with pytest.MonkeyPatch.context() as mp:
+        run_quant(mp, case, out, "--quant_mode", "calib")
+        run_quant(mp, case, out, "--quant_mode", "test", "--deploy")
+    return case, out
+
+
+def calib_features(case):
+    info = json.load(open(os.path.join(GOLDEN, case, "case.json")))
+    rows = np.load(os.path.join(GOLDEN, case, "calib.npy"))
+    return rows[:, :info["input_size"]].astype(np.float32)
+
+
+def test_xmodel_equals_golden_when_parsed(deployed):
+    case, out = deployed
+    ours = graph_summary(read_graph(str(out / "FFN_int.xmodel")))
+    theirs = graph_summary(read_graph(expected(case, "quantize_result", "FFN_int.xmodel")))
+    assert ours == theirs
+
+
+def test_deploy_check_dumps_equal_golden_bytes(deployed):
+    case, out = deployed
+    golden_dir = expected(case, "quantize_result", "deploy_check_data_int", "FFN")
+    ours_dir = out / "deploy_check_data_int" / "FFN"
+    assert sorted(os.listdir(str(ours_dir))) == sorted(os.listdir(golden_dir))
+    for name in os.listdir(golden_dir):
+        assert (ours_dir / name).read_bytes() == open(os.path.join(golden_dir, name), "rb").read(), name
+
+
+def test_torchscript_loads_without_the_project_and_gives_test_outputs(deployed, tmp_path):
+    case, out = deployed
+    np.save(str(tmp_path / "x.npy"), calib_features(case))
+    code = ("import numpy as np, torch; m = torch.jit.load({!r}); "
+            "np.save('y.npy', m(torch.from_numpy(np.load('x.npy'))).detach().numpy())").format(str(out / "FFN_int.pt"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env, check=True)
+    assert np.load(str(tmp_path / "y.npy")).tobytes() == np.load(expected(case, "test_outputs.npy")).tobytes()
+
+
+def onnx_outputs(path, x):
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {session.get_inputs()[0].name: row[None]})[0] for row in x])
+
+
+def test_onnx_in_onnxruntime_equals_test_outputs_on_every_row(deployed):
+    """Zero differences, where the real quantizer's own ONNX differs by up to 2 LSB."""
+    case, out = deployed
+    x = calib_features(case)
+    ours = onnx_outputs(out / "FFN_int.onnx", x)
+    test_outputs = np.load(expected(case, "test_outputs.npy"))
+    assert ours.tobytes() == test_outputs.tobytes()
+    theirs = onnx_outputs(expected(case, "quantize_result", "FFN_int.onnx"), x)
+    lsb = 2.0 ** -json.load(open(expected(case, "quantize_result", "quant_info.json")))["output"]["FFN::nndct_dense_5"][0][1]
+    assert np.abs(theirs - test_outputs).max() <= 2 * lsb
+
+
+def test_onnx_uses_standard_operators_with_power_of_two_scales(deployed):
+    import onnx
+    from onnx import numpy_helper
+    case, out = deployed
+    model = onnx.load(str(out / "FFN_int.onnx"))
+    onnx.checker.check_model(model)
+    assert all(node.domain in ("", "ai.onnx") for node in model.graph.node)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            scale = float(inits[node.input[1]])
+            assert scale > 0 and np.log2(scale) == np.round(np.log2(scale))
+
+
+def test_deploy_is_deterministic(deployed, tmp_path):
+    case, out = deployed
+    again = tmp_path / "quantize_result"
+    with pytest.MonkeyPatch.context() as mp:
+        run_quant(mp, case, again, "--quant_mode", "calib")
+        run_quant(mp, case, again, "--quant_mode", "test", "--deploy")
+    for name in ("FFN_int.xmodel", "FFN_int.onnx", "quant_info.json"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name

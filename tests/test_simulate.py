@@ -1,0 +1,120 @@
+"""simulate.py on the golden xmodels: the outputs, the MSE and the deploy check,
+and one-line errors for bad input."""
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+from conftest import REPO, assert_clean_error, run_script
+
+GOLDEN = os.path.join(REPO, "tests", "fixtures", "golden")
+CASES = ["p1_trained_in2", "p2_trained_in2_nocorr", "p3_random_in4"]
+
+
+def case_paths(case):
+    result = os.path.join(GOLDEN, case, "expected", "quantize_result")
+    return (os.path.join(result, "FFN_int.xmodel"), os.path.join(GOLDEN, case, "calib.npy"),
+            os.path.join(result, "deploy_check_data_int", "FFN"))
+
+
+def simulate(*args):
+    return run_script("simulate.py", *args, timeout=120)
+
+
+def printed_mse(stdout):
+    return float(re.search(r"MSE (\S+?),", stdout.splitlines()[-1]).group(1))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_xmodel_matches_quantizer(case, tmp_path):
+    xmodel, data, dumps = case_paths(case)
+    out = tmp_path / "outputs.npy"
+    run = simulate(xmodel, "--data", data, "--check", dumps, "--output", out)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    tensor_lines = [line for line in lines if line.startswith("  ")]
+    assert len(tensor_lines) == 22 and all(line.endswith(": ok") for line in tensor_lines)
+    assert "all 22 tensors match" in lines[-1]
+    expected = np.load(os.path.join(GOLDEN, case, "expected", "test_outputs.npy"))
+    got = np.load(str(out))
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+    targets = np.load(data)[:, -1]
+    assert printed_mse(run.stdout) == float(np.mean((expected[:, 0].astype(np.float64) - targets) ** 2))
+
+
+def test_check_accepts_the_parent_folder_and_input_size():
+    xmodel, data, dumps = case_paths("p3_random_in4")
+    run = simulate(xmodel, "--data", data, "--check", os.path.dirname(dumps), "--input_size", 4)
+    assert run.returncode == 0, run.stderr
+    assert "all 22 tensors match" in run.stdout
+
+
+def test_a_differing_dump_fails(tmp_path):
+    xmodel, data, dumps = case_paths("p1_trained_in2")
+    folder = str(tmp_path / "FFN")
+    shutil.copytree(dumps, folder)
+    fix = os.path.join(folder, "FFN__FFN_ret_7_fix.bin")
+    q = np.fromfile(fix, dtype=np.int8)
+    q[0] -= 1
+    q.tofile(fix)
+    run = simulate(xmodel, "--data", data, "--check", folder)
+    assert run.returncode == 1
+    assert "  FFN__FFN_ret_7_fix.bin: 1 of 4 values differ, max diff 1" in run.stdout.splitlines()
+    assert "1 of 22 tensors differ" in run.stdout.splitlines()[-1]
+
+
+def test_a_data_file_not_starting_with_the_deploy_row_fails(tmp_path):
+    xmodel, data, dumps = case_paths("p1_trained_in2")
+    shifted = str(tmp_path / "shifted.npy")
+    np.save(shifted, np.load(data)[1:])
+    run = simulate(xmodel, "--data", shifted, "--check", dumps)
+    assert run.returncode == 1
+    assert "is row 0 of the data the deploy row?" in run.stdout.splitlines()[-1]
+
+
+def assert_one_line_error(run, *fragments):
+    assert_clean_error(run, *fragments)
+    assert run.returncode == 2      # an input error, not a deploy-check mismatch (1)
+
+
+def test_missing_xmodel(tmp_path):
+    _, data, _ = case_paths("p1_trained_in2")
+    missing = str(tmp_path / "none.xmodel")
+    assert_one_line_error(simulate(missing, "--data", data), missing, "not found")
+
+
+def test_data_with_wrong_columns():
+    xmodel, _, _ = case_paths("p1_trained_in2")
+    _, data_in4, _ = case_paths("p3_random_in4")
+    assert_one_line_error(simulate(xmodel, "--data", data_in4), data_in4, "has 5 columns, expected 3")
+
+
+def test_missing_check_folder(tmp_path):
+    xmodel, data, _ = case_paths("p1_trained_in2")
+    missing = str(tmp_path / "no_dumps")
+    assert_one_line_error(simulate(xmodel, "--data", data, "--check", missing), missing, "not found")
+
+
+def test_check_folder_without_dumps(tmp_path):
+    xmodel, data, _ = case_paths("p1_trained_in2")
+    assert_one_line_error(simulate(xmodel, "--data", data, "--check", tmp_path), str(tmp_path), "no .bin")
+
+
+def test_input_size_disagreeing_with_the_xmodel():
+    xmodel, data, _ = case_paths("p1_trained_in2")
+    assert_one_line_error(simulate(xmodel, "--data", data, "--input_size", 4), xmodel, "takes 2 inputs")
+
+
+def test_output_must_be_npy(tmp_path):
+    xmodel, data, _ = case_paths("p1_trained_in2")
+    out = str(tmp_path / "out.txt")
+    assert_one_line_error(simulate(xmodel, "--data", data, "--output", out), out, ".npy")
+    assert not os.path.exists(out)
+
+
+def test_corrupt_xmodel(tmp_path):
+    _, data, _ = case_paths("p1_trained_in2")
+    bad = tmp_path / "bad.xmodel"
+    bad.write_bytes(b"\xff\xff\xff\xff not a protobuf")
+    assert_one_line_error(simulate(bad, "--data", data), str(bad))

@@ -33,6 +33,15 @@ def check_layer(i, w, b, o):
     return problems
 
 
+def check_positions(chain, positions):
+    """Problems of every layer, as "layer: problem" texts (empty when all are legal)."""
+    param, output = positions["param"], positions["output"]
+    return ["{}: {}".format(layer.name, problem)
+            for k, layer in enumerate(chain.layers)
+            for problem in check_layer(output[chain.input_of(k)], param[layer.weight_key],
+                                       param[layer.bias_key], output[layer.output_tensor])]
+
+
 def legalize_layer(i, w, b, o):
     """(w, b, o) moved into the DPU ranges the way vai_q_pytorch does, and what changed."""
     changes = []

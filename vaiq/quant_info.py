@@ -16,6 +16,7 @@ from .fixpoint import BIT_WIDTH
 
 QUANT_INFO = "quant_info.json"
 BIAS_CORR = "bias_corr.pth"
+FT_PARAMS = "param.pth"    # fast finetune's float parameters
 # The release whose arithmetic the built-in quantizer reproduces.
 VERSION = "3.5.0+builtin+torch{}".format(torch.__version__.split("+")[0])
 # vai_q_pytorch 3.5 wrote this graph_md5 for every FFN size; other chains get a
@@ -60,15 +61,50 @@ def format_quant_info(chain, positions, bias_corrected, fast_finetuned=False):
     return "{\n" + ",\n".join(parts) + "\n}"
 
 
-def write_quant_info(output_dir, chain, positions, bias_corr=None, fast_finetuned=False):
-    """quant_info.json, and bias_corr.pth when bias correction ran (else any old one is removed)."""
-    path = os.path.join(output_dir, BIAS_CORR)
-    if bias_corr is not None:
-        torch_save(bias_corr, path)
+def write_quant_info(output_dir, chain, positions, bias_corr=None, ft_params=None):
+    """quant_info.json, with bias_corr.pth when bias correction ran and param.pth
+    ({layer: (weight, bias)}) after fast finetune; stale ones are removed."""
+    for name, content in ((BIAS_CORR, bias_corr), (FT_PARAMS, _state_dict(ft_params))):
+        path = os.path.join(output_dir, name)
+        if content is not None:
+            torch_save(content, path)
+        elif os.path.exists(path):
+            os.remove(path)
     write_text(os.path.join(output_dir, QUANT_INFO),
-               format_quant_info(chain, positions, bias_corr is not None, fast_finetuned))
-    if bias_corr is None and os.path.exists(path):
-        os.remove(path)
+               format_quant_info(chain, positions, bias_corr is not None, ft_params is not None))
+
+
+def _state_dict(ft_params):
+    if ft_params is None:
+        return None
+    state = {}
+    for name, (weight, bias) in ft_params.items():
+        state[name + ".weight"], state[name + ".bias"] = weight.detach().clone(), bias.detach().clone()
+    return state
+
+
+def read_ft_params(output_dir, chain):
+    """{layer name: (weight, bias)} from param.pth, checked against the model."""
+    path = os.path.join(output_dir, FT_PARAMS)
+    if not os.path.isfile(path):
+        raise QuantInfoError("{}: not found; run --quant_mode calib --fast_finetune first".format(path))
+    state = load_torch_file(path, "fast finetune parameter file")
+    if not isinstance(state, dict):
+        raise QuantInfoError("{}: expected a state dict".format(path))
+    params = {}
+    for layer in chain.layers:
+        pair = []
+        for key, reference in (("weight", layer.linear.weight), ("bias", layer.linear.bias)):
+            tensor = state.get("{}.{}".format(layer.name, key))
+            if not isinstance(tensor, torch.Tensor) or tensor.shape != reference.shape:
+                raise QuantInfoError("{}: {}.{} is missing or has the wrong shape".format(path, layer.name, key))
+            if not torch.isfinite(tensor).all():
+                raise QuantInfoError("{}: {}.{} holds NaN or Inf".format(path, layer.name, key))
+            pair.append(tensor.float())
+        params[layer.name] = tuple(pair)
+    if len(state) != 2 * len(chain.layers):
+        raise QuantInfoError("{}: holds {} tensors, the model has {}".format(path, len(state), 2 * len(chain.layers)))
+    return params
 
 
 def _position(path, key, value):

@@ -34,29 +34,41 @@ class QuantModel(nn.Module):
         self.linears = nn.ModuleList(copy.deepcopy(layer.linear) for layer in chain.layers)
         for linear in self.linears:
             linear.requires_grad_(False)
+        self.float_params = [(lin.weight.detach().clone(), lin.bias.detach().clone()) for lin in self.linears]
         self.corrections = None
         self.dumps = None      # when a dict, the forward records every tensor it computes
+        self.capture = None    # when a list, the forward appends every input batch (fast finetune)
+        self.params_ready = False
         if calib:
-            self.params_ready = False
             if param_corr:
-                self.corrections = [BiasCorrection(lin.weight, lin.bias) for lin in self.linears]
+                self.corrections = [BiasCorrection(w, b) for w, b in self.float_params]
         else:
-            self.quantize_params(bias_corr or {})
+            self.use_test_params(self.float_params, bias_corr)
 
-    def quantize_params(self, bias_corr=None):
-        """Put weights and biases on their grids. Calib chooses the positions from the
-        float values; test takes them from quant_info.json, with the saved correction
-        subtracted from the float bias first."""
+    def calibrate_params(self):
+        """First calib forward: each parameter's position from its float values,
+        then the parameter is replaced by its quantized value, in place."""
         param = self.positions["param"]
         for layer, linear in zip(self.chain.layers, self.linears):
-            if self.calib:
-                param[layer.weight_key] = fix_position(linear.weight, PARAM_SCOPE, HALF_AWAY)
-                param[layer.bias_key] = fix_position(linear.bias, PARAM_SCOPE, HALF_AWAY)
-            elif bias_corr and layer.node in bias_corr:
-                correction = torch.tensor(bias_corr[layer.node], dtype=linear.bias.dtype)
-                linear.bias.data = torch.sub(linear.bias.data, correction)
-            linear.weight.data = fake_quantize(linear.weight.data, param[layer.weight_key], HALF_AWAY)
-            linear.bias.data = fake_quantize(linear.bias.data, param[layer.bias_key], HALF_AWAY)
+            for key, tensor in ((layer.weight_key, linear.weight), (layer.bias_key, linear.bias)):
+                param[key] = fix_position(tensor, PARAM_SCOPE, HALF_AWAY)
+                tensor.data = fake_quantize(tensor.data, param[key], HALF_AWAY)
+        self.params_ready = True
+
+    def use_test_params(self, params, bias_corr=None, positions=None):
+        """Switch to test mode: fixed positions, and the float parameters `params`
+        [(weight, bias), ...] on their grids, with the saved bias correction
+        subtracted from the float bias first."""
+        self.calib = False
+        self.corrections = None
+        if positions is not None:
+            self.positions = positions
+        param = self.positions["param"]
+        for layer, linear, (weight, bias) in zip(self.chain.layers, self.linears, params):
+            if bias_corr:
+                bias = torch.sub(bias, torch.tensor(bias_corr[layer.node], dtype=bias.dtype))
+            linear.weight.data = fake_quantize(weight, param[layer.weight_key], HALF_AWAY)
+            linear.bias.data = fake_quantize(bias, param[layer.bias_key], HALF_AWAY)
         self.params_ready = True
 
     def activation(self, key, x, scope):
@@ -74,8 +86,10 @@ class QuantModel(nn.Module):
             self.dumps[key] = x.detach().clone()
 
     def forward(self, x):
+        if self.capture is not None:
+            self.capture.append(x.detach().float().clone())
         if self.calib and not self.params_ready:
-            self.quantize_params()
+            self.calibrate_params()
         x = self.activation(self.chain.input_tensor, x.float(), INPUT_SCOPE)
         for k, (layer, linear) in enumerate(zip(self.chain.layers, self.linears)):
             out = F.linear(x, linear.weight, linear.bias)
@@ -91,8 +105,11 @@ class QuantModel(nn.Module):
         return x
 
     def corrected_biases(self):
-        """{Linear node: float bias - final bias} as vai_q_pytorch saves it (bias_corr.pth)."""
+        """{Linear node: float bias - final bias} as vai_q_pytorch saves it (bias_corr.pth),
+        or None when bias correction is off."""
+        if self.corrections is None:
+            return None
         return {
-            layer.node: (correction.bias - linear.bias.data).tolist()
-            for layer, linear, correction in zip(self.chain.layers, self.linears, self.corrections)
+            layer.node: (b - linear.bias.data).tolist()
+            for layer, linear, (_, b) in zip(self.chain.layers, self.linears, self.float_params)
         }

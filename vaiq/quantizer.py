@@ -1,17 +1,18 @@
 """torch_quantizer: the calls a script makes on vai_q_pytorch, computed by the
 built-in quantizer (spec: "API shape")."""
 import copy
+import os
 import sys
 
 import torch
 
 from checked_io import InputError
 
-from . import export
+from . import export, finetune
 from .fixpoint import BIT_WIDTH
-from .legalize import legalize
+from .legalize import check_positions, legalize
 from .options import parse_nndct_options
-from .quant_info import read_bias_corr, read_quant_info, write_quant_info
+from .quant_info import QUANT_INFO, read_bias_corr, read_ft_params, read_quant_info, write_quant_info
 from .quant_model import QuantModel
 from .trace import trace_chain
 
@@ -31,6 +32,7 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         self.output_dir = output_dir
         self.options = parse_nndct_options(sys.argv[1:])
         self.chain = trace_chain(module)
+        self.finetuned, self.ft_params = None, None
         if quant_mode == "calib":
             self.fast_finetuned = False
             self.quant_model = QuantModel(self.chain, calib=True, param_corr=self.options["nndct_param_corr"])
@@ -44,18 +46,59 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         if self.quant_mode != mode:
             raise InputError("{} needs quant_mode '{}', this quantizer is in '{}'".format(what, mode, self.quant_mode))
 
-    def export_quant_config(self):
-        """Legalize the calibrated positions for the DPU and write quant_info.json
-        (and bias_corr.pth); returns the legalization changes, one text each."""
-        self._require("calib", "export_quant_config")
+    def _calibration_result(self):
+        """(legalized positions, bias corrections or None, legalization changes) of
+        the calibration forwards run so far."""
         model = self.quant_model
         if not model.params_ready:
             raise InputError("export_quant_config: no calibration forward was run")
         positions = copy.deepcopy(model.positions)
         changes = legalize(self.chain, positions)
-        bias_corr = model.corrected_biases() if model.corrections is not None else None
-        write_quant_info(self.output_dir, self.chain, positions, bias_corr, self.fast_finetuned)
+        return positions, model.corrected_biases(), changes
+
+    def export_quant_config(self):
+        """Write quant_info.json (and bias_corr.pth, and param.pth after fast
+        finetune) with positions legalized for the DPU; returns the legalization
+        changes, one text each."""
+        self._require("calib", "export_quant_config")
+        positions, bias_corr, changes = self.finetuned or self._calibration_result()
+        write_quant_info(self.output_dir, self.chain, positions, bias_corr, self.ft_params)
         return changes
+
+    # ------------------------------------------------------------ fast finetune (AdaQuant)
+
+    def fast_finetune(self, run_fn, run_args):
+        """Calib mode, after the calibration forwards: finetune every layer's
+        parameters on the inputs that run_fn(*run_args) feeds the quantized model.
+        The quantized model then runs with the finetuned parameters."""
+        self._require("calib", "fast_finetune")
+        result = self._calibration_result()
+        positions, bias_corr, _ = result
+        model = self.quant_model
+        model.use_test_params(model.float_params, bias_corr, copy.deepcopy(positions))
+        model.capture = []
+        loss_before = run_fn(*run_args)
+        inputs, model.capture = model.capture, None
+        if not inputs:
+            raise InputError("fast_finetune: the run function ran no forward on quant_model")
+        start = [(linear.weight.data.clone(), linear.bias.data.clone()) for linear in model.linears]
+        tuned = finetune.fast_finetune(self.chain, positions, model.float_params, start, torch.cat(inputs))
+        model.use_test_params(tuned)
+        for problem in check_positions(self.chain, positions):
+            raise InputError("fast_finetune: positions left the DPU ranges ({})".format(problem))
+        loss_after = run_fn(*run_args)
+        print("fast finetune: loss {:.6e} -> {:.6e}".format(float(loss_before), float(loss_after)))
+        self.ft_params = {layer.name: (w, b) for layer, (w, b) in zip(self.chain.layers, tuned)}
+        self.finetuned = result
+
+    def load_ft_param(self):
+        """Test mode: use the parameters fast finetune saved (param.pth)."""
+        self._require("test", "load_ft_param")
+        if not self.fast_finetuned:
+            raise InputError("{}: not fast-finetuned; run --quant_mode calib --fast_finetune first".format(
+                os.path.join(self.output_dir, QUANT_INFO)))
+        params = read_ft_params(self.output_dir, self.chain)
+        self.quant_model.use_test_params([params[layer.name] for layer in self.chain.layers])
 
     # ------------------------------------------------------------ deploy (test mode, one forward of batch 1)
 

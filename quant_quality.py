@@ -1,0 +1,156 @@
+"""How good is int8? Float, default calibration, fast finetune, and the best that
+choosing activation positions alone can reach, on calibration and held-out rows.
+
+    python quant_quality.py [--data_dir data --calib_data test.npy --heldout_data valid.npy]
+
+Prints a table and saves a bar plot. Uses the built-in quantizer (the default
+calibration is bit-identical to vai_q_pytorch).
+"""
+import copy
+import itertools
+import os
+import tempfile
+import time
+
+import torch
+
+from checked_io import ArgumentParser, atomic_path, cli, positive_int
+from losses import regression_metrics
+from model import FFN
+from preprocessors import load_from_state_dict, make_dataloader
+from set_seed import set_seed
+from vaiq import torch_quantizer
+from vaiq.legalize import legalize
+from vaiq.quant_info import read_bias_corr, read_quant_info
+from vaiq.quant_model import QuantModel
+
+SEARCH_RADIUS = 2
+
+
+def mse(model, x, y):
+    with torch.no_grad():
+        return regression_metrics(model(x), y)["mse"]
+
+
+def calibrate(model, x, y, batch_size, output_dir, finetune):
+    """Calib (and fast finetune) through the quantizer's API; returns the seconds of each part."""
+    times = {}
+    start = time.perf_counter()
+    quantizer = torch_quantizer("calib", model, (x[:1],), output_dir=output_dir)
+    with torch.no_grad():
+        for first in range(0, len(x), batch_size):
+            quantizer.quant_model(x[first:first + batch_size])
+    times["calib"] = time.perf_counter() - start
+    if finetune:
+        start = time.perf_counter()
+        quantizer.fast_finetune(mse, (quantizer.quant_model, x, y))
+        times["finetune"] = time.perf_counter() - start
+    quantizer.export_quant_config()
+    return times
+
+
+def test_model(model, x, output_dir, finetune):
+    start = time.perf_counter()
+    quantizer = torch_quantizer("test", model, (x[:1],), output_dir=output_dir)
+    if finetune:
+        quantizer.load_ft_param()
+    with torch.no_grad():
+        quantizer.quant_model(x)
+    return quantizer, time.perf_counter() - start
+
+
+def shifted(positions, tensors, shifts, chain):
+    """Activation positions moved by `shifts`, then legalized as at export."""
+    candidate = copy.deepcopy(positions)
+    for tensor, shift in zip(tensors, shifts):
+        candidate["output"][tensor] += shift
+    legalize(chain, candidate)
+    return candidate
+
+
+def position_search(chain, output_dir, x, y):
+    """(MSE, model, shifts) of the lowest int8 MSE on (x, y) over every choice of
+    activation positions within SEARCH_RADIUS of the calibrated ones (calibrated
+    parameters and bias correction kept)."""
+    positions, bias_corrected, _ = read_quant_info(output_dir, chain)
+    bias_corr = read_bias_corr(output_dir, chain) if bias_corrected else None
+    tensors = chain.activation_tensors()
+    best = None
+    for shifts in itertools.product(range(-SEARCH_RADIUS, SEARCH_RADIUS + 1), repeat=len(tensors)):
+        quant = QuantModel(chain, calib=False, positions=shifted(positions, tensors, shifts, chain),
+                           bias_corr=bias_corr)
+        value = mse(quant, x, y)
+        if best is None or value < best[0]:
+            best = (value, quant, shifts)
+    return best
+
+
+def save_plot(path, rows):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, _, _ in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.38
+    for k, (label, column) in enumerate((("calibration rows", 1), ("held-out rows", 2))):
+        ax.bar([i + (k - 0.5) * width for i in range(len(rows))], [row[column] for row in rows], width, label=label)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(names)
+    ax.set_yscale("log")
+    ax.set_ylabel("MSE against the targets")
+    ax.set_title("FFN on the DPU: float vs int8")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def main():
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--calib_data", default="test.npy")
+    parser.add_argument("--heldout_data", default="valid.npy")
+    parser.add_argument("--input_size", type=positive_int, default=2)
+    parser.add_argument("--checkpoint_dir", default="checkpoints")
+    parser.add_argument("--model_name", default="ffn_state_dict.pth")
+    parser.add_argument("--batch_size", type=positive_int, default=64)
+    parser.add_argument("--plot", default=os.path.join("benchmark_results", "quant_quality.png"))
+    args = parser.parse_args()
+
+    set_seed(42)
+    model = load_from_state_dict(FFN(args.input_size), os.path.join(args.checkpoint_dir, args.model_name)).eval()
+    data = {}
+    for name, file in (("calib", args.calib_data), ("heldout", args.heldout_data)):
+        dataset = make_dataloader(args.data_dir, file, False, 1, input_size=args.input_size).dataset
+        data[name] = (dataset.features, dataset.targets)
+    x, y = data["calib"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        default_dir, ft_dir = os.path.join(tmp, "default"), os.path.join(tmp, "finetuned")
+        times = calibrate(model, x, y, args.batch_size, default_dir, finetune=False)
+        default, times["test"] = test_model(model, x, default_dir, finetune=False)
+        ft_times = calibrate(model, x, y, args.batch_size, ft_dir, finetune=True)
+        finetuned, _ = test_model(model, x, ft_dir, finetune=True)
+        times["finetune"] = ft_times["finetune"]
+        start = time.perf_counter()
+        _, best, shifts = position_search(default.chain, default_dir, x, y)
+        times["position search"] = time.perf_counter() - start
+
+    models = [("float", model), ("int8 default", default.quant_model), ("int8 fast finetune", finetuned.quant_model),
+              ("int8 best positions", best)]
+    rows = [(name, mse(m, *data["calib"]), mse(m, *data["heldout"])) for name, m in models]
+    base = rows[1][1]
+    print("{:<22} {:>14} {:>14} {:>12}".format("model", "calib MSE", "held-out MSE", "vs default"))
+    for name, calib_mse, heldout_mse in rows:
+        print("{:<22} {:>14.4e} {:>14.4e} {:>11.3f}x".format(name, calib_mse, heldout_mse, calib_mse / base))
+    print("best position shifts (input, layer outputs): {}".format(list(shifts)))
+    print("times: " + ", ".join("{} {:.2f} s".format(k, v) for k, v in times.items()))
+    save_plot(args.plot, rows)
+    print("quality: {} calibration rows of {}, held-out {}; plot -> {}".format(
+        len(x), args.calib_data, args.heldout_data, args.plot))
+
+
+if __name__ == "__main__":
+    cli(main)

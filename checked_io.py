@@ -91,6 +91,15 @@ def load_npy(path, n_columns=None):
     if not path.endswith(".npy"):
         raise InputError("{}: not a .npy file".format(path))
     require_file(path, "data file")
+    # np.load takes any file without the .npy header for a pickle, so a text or
+    # random file would otherwise be reported as "needs pickle".
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(np.lib.format.MAGIC_PREFIX))
+    except OSError as e:
+        raise InputError("{}: cannot read ({})".format(path, e.strerror or e))
+    if header != np.lib.format.MAGIC_PREFIX:
+        raise InputError("{}: not a valid .npy file (no NumPy header)".format(path))
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -119,11 +128,23 @@ def load_torch_file(path, what="checkpoint"):
     import torch
 
     require_file(path, what)
+    # torch's own errors for a file of another kind are a bare number or advice
+    # to turn weights_only off, so the format is checked first.
+    # The current format is a zip archive; the pre-1.6 one a pickle (first byte 0x80).
+    with open(path, "rb") as f:
+        legacy = f.read(1) == b"\x80"
+    if not (legacy or zipfile.is_zipfile(path)):
+        raise InputError("{}: not a loadable {} (not a torch.save file, or truncated)".format(path, what))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, truncated data, or code refused by weights_only
         text = str(e).strip()
-        reason = text.splitlines()[0] if text else type(e).__name__
+        if isinstance(e, EOFError):
+            reason = "the file ends early, truncated?"
+        elif "Weights only load failed" in text:
+            reason = "it holds Python objects besides tensors, which are not loaded as they could run code"
+        else:
+            reason = text.splitlines()[0] if text else type(e).__name__
         raise InputError("{}: not a loadable {} ({})".format(path, what, reason))
 
 

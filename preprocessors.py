@@ -53,6 +53,13 @@ def make_dataloaders(data_dir, batch_size, input_size=None, seed=0):
     }
 
 
+def checkpoint_path(checkpoint_dir, model_name):
+    """--model_name as given when it exists or names a folder too, else inside --checkpoint_dir."""
+    if os.path.exists(model_name) or os.path.dirname(model_name):
+        return model_name
+    return os.path.join(checkpoint_dir, model_name)
+
+
 def load_from_state_dict(model, path):
     """Load a state dict (weights only, never code) into `model`, with clear errors."""
     state = load_torch_file(path, "checkpoint")

@@ -17,7 +17,7 @@ import torch
 from checked_io import ArgumentParser, atomic_path, cli, positive_int
 from losses import regression_metrics
 from model import FFN
-from preprocessors import load_from_state_dict, make_dataloader
+from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
 from set_seed import set_seed
 from vaiq import torch_quantizer
 from vaiq.legalize import legalize
@@ -120,7 +120,7 @@ def main():
     args = parser.parse_args()
 
     set_seed(42)
-    model = load_from_state_dict(FFN(args.input_size), os.path.join(args.checkpoint_dir, args.model_name)).eval()
+    model = load_from_state_dict(FFN(args.input_size), checkpoint_path(args.checkpoint_dir, args.model_name)).eval()
     data = {}
     for name, file in (("calib", args.calib_data), ("heldout", args.heldout_data)):
         dataset = make_dataloader(args.data_dir, file, False, 1, input_size=args.input_size).dataset

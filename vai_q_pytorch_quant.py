@@ -20,7 +20,7 @@ from tqdm import tqdm
 from checked_io import ArgumentParser, InputError, cli, positive_int, save_npy
 from losses import regression_metrics
 from model import FFN
-from preprocessors import load_from_state_dict, make_dataloader
+from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
 from set_seed import DEVICE, set_seed
 
 
@@ -30,7 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("--calib_data", default="test.npy", help="rows for calibration and evaluation")
     parser.add_argument("--input_size", type=positive_int, default=2)
     parser.add_argument("--checkpoint_dir", default="checkpoints")
-    parser.add_argument("--model_name", default="ffn_state_dict.pth", help="state dict, in --checkpoint_dir")
+    parser.add_argument("--model_name", default="ffn_state_dict.pth", help="state dict: a file name in --checkpoint_dir, or a path")
     parser.add_argument("--subset_len", type=positive_int, default=None, help="use the first N rows (default: all)")
     parser.add_argument("--batch_size", type=positive_int, default=1)
     parser.add_argument("--quant_mode", default="calib", choices=["float", "calib", "test"])
@@ -100,7 +100,7 @@ def main(argv=None):
         raise InputError("--deploy needs --quant_mode test (run --quant_mode calib first)")
     set_seed(args.seed)
     backend, torch_quantizer = load_backend(args.backend)
-    model_path = os.path.join(args.checkpoint_dir, args.model_name)
+    model_path = checkpoint_path(args.checkpoint_dir, args.model_name)
     model = load_from_state_dict(FFN(args.input_size), model_path).to(DEVICE).eval()
     loader = make_dataloader(args.data_dir, args.calib_data, False, args.batch_size, args.subset_len,
                              input_size=args.input_size)

@@ -1,0 +1,99 @@
+"""Stage 2: train the float FFN and/or evaluate a state dict.
+
+  python run.py --data_dir data --train --lr 1e-1 --n_epochs 32
+      trains on train.npy, selects the epoch by valid.npy and writes
+      <checkpoint_dir>/ffn_state_dict.pth and the per-epoch logs in <log_dir>/
+  python run.py --data_dir data --evaluate --model_name checkpoints/ffn_state_dict.pth
+      prints the mse and r^2 on <data_dir>/<eval_data>
+"""
+import os
+import tempfile
+
+from checked_io import ArgumentParser, InputError, cli, positive_float, positive_int, torch_save
+from model import FFN
+from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
+from set_seed import DEVICE, set_seed
+
+CHECKPOINT_NAME = "ffn_state_dict.pth"
+
+
+def parse_args():
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default="data", help="folder with train.npy, valid.npy and the eval file")
+    parser.add_argument("--eval_data", default="test.npy", help="file in --data_dir that --evaluate uses")
+    parser.add_argument("--input_size", type=positive_int, default=2)
+    parser.add_argument("--checkpoint_dir", default="checkpoints")
+    parser.add_argument("--model_name", help="state dict to start training from, or to evaluate: a file "
+                        "name in --checkpoint_dir, or a path")
+    parser.add_argument("--train", action="store_true")
+    parser.add_argument("--evaluate", action="store_true")
+    parser.add_argument("--batch_size", type=positive_int, default=64)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
+    parser.add_argument("--n_epochs", type=positive_int, default=1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--log_dir", default="logs", help="per-epoch train.csv and valid.csv")
+    args = parser.parse_args()
+    if not (args.train or args.evaluate):
+        parser.error("nothing to do: give --train, --evaluate or both")
+    if args.evaluate and not (args.train or args.model_name):
+        parser.error("--evaluate needs --model_name (a state dict) or --train")
+    return args
+
+
+def check_output_dir(path):
+    """Fail now, not after the training, if `path` cannot be made or written; create nothing."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError("{}: cannot create output folder ({} is a file)".format(path, existing))
+    try:  # os.access says yes to root even where nothing can be made (/proc, read-only mounts)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=existing))
+    except OSError as e:
+        raise InputError("{}: cannot create output folder ({})".format(path, e.strerror or e))
+
+
+def main():
+    args = parse_args()
+
+    def loader(name, is_train):
+        return make_dataloader(args.data_dir, name, is_train, args.batch_size, input_size=args.input_size,
+                               seed=args.seed)
+
+    # Every input and output folder is checked before the first epoch.
+    if args.train:
+        train_loader, valid_loader = loader("train.npy", True), loader("valid.npy", False)
+    if args.evaluate:
+        eval_loader = loader(args.eval_data, False)
+    set_seed(args.seed)  # before the model: its initial weights come from the seed
+    model = FFN(args.input_size).to(DEVICE)
+    if args.model_name:
+        load_from_state_dict(model, checkpoint_path(args.checkpoint_dir, args.model_name))
+    if args.train:
+        checkpoint = os.path.join(args.checkpoint_dir, CHECKPOINT_NAME)
+        if os.path.isdir(checkpoint):
+            raise InputError("{}: is a folder, cannot write the checkpoint there".format(checkpoint))
+        check_output_dir(args.checkpoint_dir)
+        check_output_dir(args.log_dir)
+    # Imported only now: Catalyst takes a second or two to import, bad input fails without it.
+    from runner import evaluate, train
+
+    summary = []
+    if args.train:
+        hparams = {k: getattr(args, k) for k in ("input_size", "batch_size", "lr", "n_epochs", "seed")}
+        best = train(model, train_loader, valid_loader, args.lr, args.n_epochs, args.seed, args.log_dir, hparams)
+        model.load_state_dict(best.state_dict)
+        torch_save(best.state_dict, checkpoint)
+        summary.append("wrote {} (epoch {}/{}, lowest valid mse {:.4g}); logs in {}".format(
+            checkpoint, best.epoch, args.n_epochs, best.valid_loss, args.log_dir))
+    if args.evaluate:
+        metrics = evaluate(model, eval_loader)
+        print("mse: {:.6e}".format(metrics["mse"]))
+        print("r^2: {:.8f}".format(metrics["r^2"]))
+        summary.append("{}: mse {:.4g}, r^2 {:.6f}".format(
+            os.path.join(args.data_dir, args.eval_data), metrics["mse"], metrics["r^2"]))
+    print("; ".join(summary))
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,133 @@
+"""Stage 2 on Catalyst: train the FFN with Adam on the MSE, keep the best weights; evaluate.
+
+Two Catalyst 22.4 behaviours shape this module:
+- `SupervisedRunner` with a criterion fails on accelerate 1.x (AttributeError: TPU),
+  so `FFNRunner` is a plain `dl.Runner` that computes its loss and metrics itself;
+- Catalyst's checkpoint callback saves the last epoch's weights as `model.best.pth`,
+  so the runner keeps the state dict of the lowest-validation-loss epoch in memory
+  and the caller saves exactly that.
+
+Per-epoch metrics go to `<log_dir>/train.csv` and `<log_dir>/valid.csv`
+(columns: step, loss, r2; `step` is the epoch, `loss` the MSE over the loader),
+the run's hyper-parameters to `<log_dir>/hparams.json`.
+"""
+import collections
+import copy
+import math
+import os
+
+import torch
+from catalyst import dl
+
+from checked_io import InputError
+from losses import MSE, regression_metrics
+
+# What `train` returns: the weights of the best epoch, its number and validation loss.
+Best = collections.namedtuple("Best", ["state_dict", "epoch", "valid_loss"])
+
+
+class FFNRunner(dl.Runner):
+    """Forward, loss and optimiser step per batch; loss and r2 per loader;
+    the state dict of the epoch with the lowest validation loss."""
+
+    def __init__(self, optimizer, criterion=None):
+        super().__init__()
+        # The optimiser is stepped here, not handed to Catalyst's engine: on one CPU
+        # accelerate's wrapper adds nothing to the step but a package look-up on every
+        # call, which alone made the training about 1.5x slower.
+        self.adam = optimizer
+        self.loss_fn = criterion if criterion is not None else MSE()
+        self.best = Best(None, 0, math.inf)
+
+    def on_loader_start(self, runner):
+        super().on_loader_start(runner)
+        # The loader's metrics are computed once over all its rows, not averaged per batch.
+        self.outputs, self.targets = [], []
+
+    def handle_batch(self, batch):
+        outputs = self.model(batch["features"])
+        loss = self.loss_fn(outputs, batch["targets"])
+        self.batch_metrics["loss"] = loss.detach()  # shown in the progress bar
+        self.outputs.append(outputs.detach())
+        self.targets.append(batch["targets"])
+        if self.is_train_loader:
+            self.engine.backward(loss)
+            self.adam.step()
+            self.adam.zero_grad()
+
+    def on_loader_end(self, runner):
+        metrics = regression_metrics(torch.cat(self.outputs), torch.cat(self.targets))
+        self.loader_metrics["loss"] = metrics["mse"]
+        self.loader_metrics["r2"] = metrics["r^2"]
+        super().on_loader_end(runner)
+        # Strictly lower: on a tie the earlier epoch stays. A NaN loss never wins.
+        if self.is_valid_loader and metrics["mse"] < self.best.valid_loss:
+            model = self.engine.unwrap_model(self.model)
+            self.best = Best(copy.deepcopy(model.state_dict()), self.epoch_step, metrics["mse"])
+
+    def on_epoch_end(self, runner):
+        # Shown on the console's "* Epoch" line, which is otherwise empty.
+        self.epoch_metrics["_epoch_"].update(best_epoch=self.best.epoch, best_valid_loss=self.best.valid_loss)
+        super().on_epoch_end(runner)
+
+
+class CSVLogger(dl.CSVLogger):
+    """Catalyst's CSV logger, but every run starts its files afresh.
+
+    Catalyst appends to `<loader>.csv`, so a second run would leave a second
+    header in the middle of the file and the plot would mix two runs.
+    """
+
+    def log_metrics(self, metrics, scope, runner):
+        if scope != "epoch":
+            return
+        # "_epoch_" holds epoch-wide values such as a scheduler's lr; there are none here.
+        metrics = {key: value for key, value in metrics.items() if key != "_epoch_"}
+        for key, values in metrics.items():
+            if key not in self.loggers:
+                self.loggers[key] = open(os.path.join(self.logdir, key + ".csv"), "w")
+                self._make_header(metrics=values, loader_key=key)
+        super().log_metrics(metrics, scope, runner)
+
+
+def make_log_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InputError("{}: cannot create log folder ({})".format(path, e.strerror or e))
+
+
+def train(model, train_loader, valid_loader, lr=1e-3, n_epochs=1, seed=42, log_dir="logs",
+          hparams=None, verbose=True):
+    """Train `model` with Adam on the MSE; return the `Best` epoch (weights kept in memory).
+
+    `model` itself ends with the last epoch's weights; load `best.state_dict` to use the best.
+    """
+    make_log_dir(log_dir)
+    runner = FFNRunner(torch.optim.Adam(model.parameters(), lr=lr))
+    runner.train(
+        model=model,
+        engine=dl.CPUEngine(),
+        loaders=collections.OrderedDict([("train", train_loader), ("valid", valid_loader)]),
+        # No `logdir`: it would add Catalyst's checkpoint callback (last weights
+        # saved as "best") and a TensorBoard logger; the loggers are given instead.
+        loggers={"console": dl.ConsoleLogger(), "csv": CSVLogger(log_dir)},
+        hparams=hparams,
+        seed=seed,
+        num_epochs=n_epochs,
+        verbose=verbose,
+    )
+    if runner.best.state_dict is None:
+        raise InputError("--lr {}: training diverged, the validation loss was NaN in every epoch".format(lr))
+    return runner.best
+
+
+@torch.no_grad()
+def evaluate(model, loader):
+    """{'mse': ..., 'r^2': ...} of `model` over every row of `loader`."""
+    model.eval()
+    outputs, targets = [], []
+    for batch in loader:
+        outputs.append(model(batch["features"]))
+        targets.append(batch["targets"])
+    return regression_metrics(torch.cat(outputs), torch.cat(targets))

@@ -1,0 +1,49 @@
+"""Helpers shared by the tests: run a stage script as a command and check how it fails.
+
+Test files use them with `from conftest import run_script, assert_clean_error, snapshot`.
+"""
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The stage modules (model, runner, ...) live at the top of the repository.
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+def run_script(script, *args, cwd=None, timeout=600):
+    """Run REPO/script with this Python and the given arguments; return the CompletedProcess.
+
+    stdout and stderr are captured as text. `cwd` defaults to the repository, so
+    pass a temporary folder when the script's default output paths must not be used.
+    """
+    command = [sys.executable, os.path.join(REPO, script)] + [str(arg) for arg in args]
+    return subprocess.run(command, cwd=cwd or REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=timeout)
+
+
+def assert_clean_error(result, *must_contain):
+    """The command failed the way bad input must: a non-zero exit code and one
+    non-empty line on stderr, without a traceback, holding every `must_contain` text."""
+    shown = "exit code {}\nstdout:\n{}\nstderr:\n{}".format(result.returncode, result.stdout, result.stderr)
+    assert result.returncode != 0, shown
+    assert "Traceback" not in result.stderr, shown
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), shown
+    for text in must_contain:
+        assert text in lines[0], "{!r} not in the error line\n{}".format(text, shown)
+
+
+def snapshot(folder):
+    """{relative path: bytes, or None for a folder} of everything under `folder`,
+    to check that a failed command left the earlier outputs as they were."""
+    tree = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            tree[os.path.relpath(os.path.join(root, name), folder)] = None
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                tree[os.path.relpath(path, folder)] = f.read()
+    return tree

@@ -1,0 +1,145 @@
+"""Wall time of each float stage, and of a plain PyTorch loop beside the Catalyst training.
+
+  python benchmark.py            # 10000 rows, 32 epochs, batch 64, lr 1e-1: the Makefile's recipe
+
+Everything is written to a temporary folder (or --work_dir); the repository's
+data/, checkpoints/ and logs/ are not touched. The plain loop trains the same
+model on the same batches with the same optimiser, validation and best-epoch
+selection, so the ratio of the two times is Catalyst's overhead.
+"""
+import collections
+import contextlib
+import copy
+import os
+import shutil
+import tempfile
+import time
+
+import torch
+
+import generate_data
+from checked_io import ArgumentParser, cli, positive_float, positive_int, save_npy
+from losses import MSE
+from model import FFN
+from preprocessors import make_dataloader
+from runner import evaluate, train
+from set_seed import DEVICE, set_seed
+
+MAX_OVERHEAD = 2.0  # Catalyst training time / plain loop time that is still acceptable
+
+Row = collections.namedtuple("Row", ["stage", "seconds", "note"])
+
+
+def timed(rows, stage, fn, *args):
+    """Run fn(*args), append its wall time to `rows`; fn returns (result, note)."""
+    start = time.perf_counter()
+    result, note = fn(*args)
+    rows.append(Row(stage, time.perf_counter() - start, note))
+    return result
+
+
+def print_table(rows):
+    width = max(len(row.stage) for row in rows)
+    print("{:<{w}}  {:>8}  {}".format("stage", "seconds", "note", w=width))
+    for row in rows:
+        print("{:<{w}}  {:>8.3f}  {}".format(row.stage, row.seconds, row.note, w=width))
+
+
+# ---------------------------------------------------------------- stages
+
+def stage_generate_data(args, data_dir):
+    parts = generate_data.split_rows(generate_data.make_rows(args.n_samples, args.input_size, args.seed))
+    for name, part in parts.items():
+        save_npy(os.path.join(data_dir, name + ".npy"), part)
+    return data_dir, ", ".join("{} {}".format(name, len(part)) for name, part in parts.items())
+
+
+def loaders(args, data_dir):
+    return [make_dataloader(data_dir, name + ".npy", name == "train", args.batch_size,
+                            input_size=args.input_size, seed=args.seed) for name in ("train", "valid")]
+
+
+def stage_train_catalyst(args, data_dir, log_dir):
+    set_seed(args.seed)
+    model = FFN(args.input_size).to(DEVICE)
+    train_loader, valid_loader = loaders(args, data_dir)
+    # The console lines and progress bars are produced (their cost is part of the
+    # stage) but not shown, so that the table stays readable.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        best = train(model, train_loader, valid_loader, args.lr, args.n_epochs, args.seed, log_dir)
+    return best, "best epoch {}, valid mse {:.3g}".format(best.epoch, best.valid_loss)
+
+
+def stage_train_plain(args, data_dir):
+    """The same training without Catalyst: the reference for its overhead."""
+    set_seed(args.seed)
+    model = FFN(args.input_size).to(DEVICE)
+    train_loader, valid_loader = loaders(args, data_dir)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    criterion = MSE()
+    best_loss, best_epoch, best_state = float("inf"), 0, None
+    for epoch in range(1, args.n_epochs + 1):
+        model.train()
+        for batch in train_loader:
+            loss = criterion(model(batch["features"]), batch["targets"])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        valid_loss = evaluate(model, valid_loader)["mse"]
+        if valid_loss < best_loss:
+            best_loss, best_epoch, best_state = valid_loss, epoch, copy.deepcopy(model.state_dict())
+    return best_state, "best epoch {}, valid mse {:.3g}".format(best_epoch, best_loss)
+
+
+def stage_evaluate(args, data_dir, state_dict):
+    model = FFN(args.input_size).to(DEVICE)
+    model.load_state_dict(state_dict)
+    loader = make_dataloader(data_dir, "test.npy", False, args.batch_size, input_size=args.input_size)
+    metrics = evaluate(model, loader)
+    return metrics, "test mse {:.3g}, r^2 {:.6f}".format(metrics["mse"], metrics["r^2"])
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n_samples", type=positive_int, default=10000)
+    parser.add_argument("--input_size", type=positive_int, default=2)
+    parser.add_argument("--batch_size", type=positive_int, default=64)
+    parser.add_argument("--lr", type=positive_float, default=1e-1)
+    parser.add_argument("--n_epochs", type=positive_int, default=32)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--work_dir", help="keep the outputs here instead of a temporary folder")
+    args = parser.parse_args()
+    if args.n_samples < 20:
+        parser.error("--n_samples {}: too small to split, use at least 20".format(args.n_samples))
+
+    # The first set_seed imports part of torch (deterministic-algorithm checks);
+    # done here so that its one-off second is charged to neither training.
+    set_seed(args.seed)
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="benchmark-")
+    try:
+        data_dir = os.path.join(work_dir, "data")
+        rows = []
+        timed(rows, "generate_data", stage_generate_data, args, data_dir)
+        best = timed(rows, "train, Catalyst", stage_train_catalyst, args, data_dir, os.path.join(work_dir, "logs"))
+        plain_state = timed(rows, "train, plain PyTorch", stage_train_plain, args, data_dir)
+        timed(rows, "evaluate", stage_evaluate, args, data_dir, best.state_dict)
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    print_table(rows)
+    times = {row.stage: row.seconds for row in rows}
+    ratio = times["train, Catalyst"] / times["train, plain PyTorch"]
+    print("Catalyst overhead: {:.2f}x the plain loop ({}, limit {:.1f}x); same best weights: {}".format(
+        ratio, "ok" if ratio <= MAX_OVERHEAD else "OVER THE LIMIT", MAX_OVERHEAD,
+        "yes" if same_weights(best.state_dict, plain_state) else "no"))
+
+
+if __name__ == "__main__":
+    cli(main)

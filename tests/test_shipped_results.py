@@ -1,0 +1,59 @@
+"""The committed quantize_result/ is what the pipeline's commands give for the
+shipped checkpoint on data/test.npy (calibration and evaluation at batch 64)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import vai_q_pytorch_quant
+from conftest import REPO
+from vaiq import dpu
+from vaiq.xmodel import graph_summary, read_graph, read_xmodel
+
+SHIPPED = os.path.join(REPO, "quantize_result")
+COMMON = ["--data_dir", os.path.join(REPO, "data"), "--checkpoint_dir", os.path.join(REPO, "checkpoints"),
+          "--batch_size", "64", "--backend", "builtin"]
+
+
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shipped") / "quantize_result"
+    with pytest.MonkeyPatch.context() as mp:
+        for mode in (["--quant_mode", "calib"], ["--quant_mode", "test", "--deploy"]):
+            argv = COMMON + ["--output_dir", str(out)] + mode
+            mp.setattr("sys.argv", ["vai_q_pytorch_quant.py"] + argv)
+            assert vai_q_pytorch_quant.main(argv) == 0
+    return out
+
+
+def read(folder, *parts):
+    with open(os.path.join(str(folder), *parts), "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("name", ["quant_info.json", "FFN_int.onnx", "deploy_check_data_int/FFN/shape.txt"])
+def test_committed_file_equals_a_regeneration(regenerated, name):
+    assert read(SHIPPED, name) == read(regenerated, name)
+
+
+def test_committed_bias_corr_equals_a_regeneration(regenerated):
+    ours = torch.load(os.path.join(SHIPPED, "bias_corr.pth"), weights_only=True)
+    again = torch.load(str(regenerated / "bias_corr.pth"), weights_only=True)
+    assert ours == again
+
+
+def test_committed_xmodel_and_dumps_equal_a_regeneration(regenerated):
+    assert graph_summary(read_graph(os.path.join(SHIPPED, "FFN_int.xmodel"))) == \
+        graph_summary(read_graph(str(regenerated / "FFN_int.xmodel")))
+    folder = os.path.join("deploy_check_data_int", "FFN")
+    assert sorted(os.listdir(os.path.join(SHIPPED, folder))) == sorted(os.listdir(str(regenerated / folder)))
+    for name in os.listdir(os.path.join(SHIPPED, folder)):
+        assert read(SHIPPED, folder, name) == read(regenerated, folder, name), name
+
+
+def test_committed_xmodel_on_the_integer_reference_gives_the_documented_mse():
+    rows = np.load(os.path.join(REPO, "data", "test.npy"))
+    outputs = dpu.outputs(read_xmodel(os.path.join(SHIPPED, "FFN_int.xmodel")), rows[:, :2])
+    mse = float(np.mean((outputs[:, 0].astype(np.float64) - rows[:, 2]) ** 2))
+    assert mse == pytest.approx(2.142314e-04, rel=1e-6)

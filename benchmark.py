@@ -1,24 +1,29 @@
-"""Wall time of each float stage, and of a plain PyTorch loop beside the Catalyst training.
+"""Wall time of each stage, and of a plain PyTorch loop beside the Catalyst training.
 
   python benchmark.py            # 10000 rows, 32 epochs, batch 64, lr 1e-1: the Makefile's recipe
 
 Everything is written to a temporary folder (or --work_dir); the repository's
 data/, checkpoints/ and logs/ are not touched. The plain loop trains the same
 model on the same batches with the same optimiser, validation and best-epoch
-selection, so the ratio of the two times is Catalyst's overhead.
+selection, so the ratio of the two times is Catalyst's overhead. The
+quantizer rows time the built-in quantizer's own work (building it on the
+model, the forwards, the export) apart from the whole command, whose rest is
+start-up: Python, torch and the project's imports, and loading the model.
 """
 import collections
 import contextlib
 import copy
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
 import torch
 
 import generate_data
-from checked_io import ArgumentParser, cli, positive_float, positive_int, save_npy
+from checked_io import ArgumentParser, cli, positive_float, positive_int, save_npy, torch_save
 from losses import MSE
 from model import FFN
 from preprocessors import make_dataloader
@@ -99,6 +104,30 @@ def stage_evaluate(args, data_dir, state_dict):
     return metrics, "test mse {:.3g}, r^2 {:.6f}".format(metrics["mse"], metrics["r^2"])
 
 
+def stage_quantizer(mode, model, data_dir, batch_size, output_dir):
+    """The quantizer's own work in one mode: build it on the model, run every batch,
+    export (calib); what a script spends beyond its start-up."""
+    from vaiq import torch_quantizer
+    loader = make_dataloader(data_dir, "test.npy", False, batch_size, input_size=model.l1.in_features)
+    quantizer = torch_quantizer(mode, model, (torch.randn(batch_size, model.l1.in_features),),
+                                output_dir=output_dir)
+    with torch.no_grad():
+        for batch in loader:
+            quantizer.quant_model(batch["features"])
+    if mode == "calib":
+        quantizer.export_quant_config()
+    return None, "{} rows in batches of {}".format(len(loader.dataset), batch_size)
+
+
+def stage_command(mode, work_dir, batch_size):
+    """The whole vai_q_pytorch_quant.py command, start-up included."""
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "vai_q_pytorch_quant.py"),
+               "--quant_mode", mode, "--batch_size", str(batch_size), "--backend", "builtin",
+               "--output_dir", os.path.join(work_dir, "quantize_result_cli")]
+    subprocess.run(command, cwd=work_dir, check=True, stdout=subprocess.DEVNULL)
+    return None, "python vai_q_pytorch_quant.py --quant_mode {}".format(mode)
+
+
 def same_weights(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -129,6 +158,13 @@ def main():
         best = timed(rows, "train, Catalyst", stage_train_catalyst, args, data_dir, os.path.join(work_dir, "logs"))
         plain_state = timed(rows, "train, plain PyTorch", stage_train_plain, args, data_dir)
         timed(rows, "evaluate", stage_evaluate, args, data_dir, best.state_dict)
+        model = FFN(args.input_size)
+        model.load_state_dict(best.state_dict)
+        torch_save(best.state_dict, os.path.join(work_dir, "checkpoints", "ffn_state_dict.pth"))
+        for mode in ("calib", "test"):
+            timed(rows, mode + ", quantizer's work", stage_quantizer, mode, model, data_dir, args.batch_size,
+                  os.path.join(work_dir, "quantize_result"))
+            timed(rows, mode + ", whole command", stage_command, mode, work_dir, args.batch_size)
     finally:
         if not args.work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -139,6 +175,10 @@ def main():
     print("Catalyst overhead: {:.2f}x the plain loop ({}, limit {:.1f}x); same best weights: {}".format(
         ratio, "ok" if ratio <= MAX_OVERHEAD else "OVER THE LIMIT", MAX_OVERHEAD,
         "yes" if same_weights(best.state_dict, plain_state) else "no"))
+    for mode in ("calib", "test"):
+        work = times[mode + ", quantizer's work"]
+        print("{}: the quantizer's own work {:.3f} s, start-up {:.3f} s".format(
+            mode, work, times[mode + ", whole command"] - work))
 
 
 if __name__ == "__main__":

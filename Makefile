@@ -61,7 +61,7 @@ simulate:
 
 # Stage 4: pre-flight checks, then vai_c_xir where it exists
 compile:
-	PYTHON=$(PY) bash compile.sh || [ $$? -eq $(NO_COMPILER) ]
+	PY=$(PY) bash compile.sh || [ $$? -eq $(NO_COMPILER) ]
 
 report:
 	$(PY) report.py

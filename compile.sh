@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Stage 4: compile the quantized network for a DPU with vai_c_xir, after pre-flight checks.
+#
+#   ./compile.sh [XMODEL] [ARCH] [NET_NAME] [OUTPUT_DIR]
+#     XMODEL      the quantizer's deploy output (default quantize_result/FFN_int.xmodel)
+#     ARCH        an arch.json path, or a DPU name looked up in the Vitis AI docker as
+#                 /opt/vitis_ai/compiler/arch/<DPU>/<board>/arch.json: DPUCADF8H uses U250,
+#                 another DPU its only board (default DPUCADF8H). DPUCADX8G is refused:
+#                 it has no PyTorch front end.
+#     NET_NAME    name of the compiled network (default FFN_qd)
+#     OUTPUT_DIR  gets NET_NAME.xmodel, meta.json, md5sum.txt and the compiler's output in
+#                 vai_c_xir.log (default compile_output)
+#   Environment:
+#     COMPILE_DATA     .npy for the integer DPU reference (default data/test.npy if present);
+#                      its row 0 must be the deploy row
+#     COMPILE_TIMEOUT  time limit of vai_c_xir in seconds (default 600)
+#     PY               the Python for preflight.py (default: python inside the docker, where
+#                      vai_c_xir is, else .venv/bin/python, else python3)
+#
+# preflight.py first checks the xmodel (batch 1, supported ops, fix attributes), every
+# layer's shift_cut and shift_bias, and the arch, and runs the integer DPU reference on
+# the data (MSE, and the quantizer's deploy-check dumps); one line per finding.
+# vai_c_xir then runs with stdin closed and a time limit, because the DPUCADF8H compiler
+# of Vitis AI 1.3 stops at a leftover (Pdb) breakpoint.
+#
+# Exit codes:
+#   0  compiled: OUTPUT_DIR/NET_NAME.xmodel written
+#   1  vai_c_xir failed, or wrote no OUTPUT_DIR/NET_NAME.xmodel
+#   2  bad input or a failed pre-flight check
+#   3  no vai_c_xir on PATH (outside the Vitis AI docker): the checks ran, nothing compiled
+#   4  vai_c_xir stopped at a (Pdb) prompt or ran out of time
+set -u
+
+EXIT_COMPILER_FAILED=1
+EXIT_BAD_INPUT=2
+EXIT_NO_COMPILER=3
+EXIT_HUNG=4
+
+XMODEL=${1:-quantize_result/FFN_int.xmodel}
+ARCH=${2:-DPUCADF8H}
+NET_NAME=${3:-FFN_qd}
+OUTPUT_DIR=${4:-compile_output}
+TIMEOUT=${COMPILE_TIMEOUT:-600}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+fail() {  # fail EXIT_CODE MESSAGE...: the words as one line on stderr
+    local code=$1
+    shift
+    echo "compile.sh: error: $*" >&2
+    exit "$code"
+}
+
+(( $# <= 4 )) || fail $EXIT_BAD_INPUT "expected at most XMODEL ARCH NET_NAME OUTPUT_DIR, got $# words"
+[[ $NET_NAME =~ ^[A-Za-z0-9_.-]+$ ]] || fail $EXIT_BAD_INPUT "NET_NAME '$NET_NAME': letters, digits, _ . - only"
+# 0 would switch the time limit off.
+[[ $TIMEOUT =~ ^[0-9]*\.?[0-9]+$ && ! $TIMEOUT =~ ^[0.]+$ ]] ||
+    fail $EXIT_BAD_INPUT "COMPILE_TIMEOUT '$TIMEOUT': expected a positive number of seconds"
+
+have_compiler=
+command -v vai_c_xir >/dev/null 2>&1 && have_compiler=yes
+if [[ -z ${PY:-} ]]; then
+    if [[ -n $have_compiler ]]; then PY=python          # the docker's conda environment
+    elif [[ -x $HERE/.venv/bin/python ]]; then PY=$HERE/.venv/bin/python
+    else PY=python3
+    fi
+fi
+
+preflight=("$PY" "$HERE/preflight.py" "$XMODEL" "$ARCH")
+[[ -n ${COMPILE_DATA:-} ]] && preflight+=(--data "$COMPILE_DATA")
+[[ -z $have_compiler ]] && preflight+=(--no_compiler)
+"${preflight[@]}" || exit    # its one-line error is printed; 2 for a failed check
+
+[[ -n $have_compiler ]] || fail $EXIT_NO_COMPILER "vai_c_xir not found: compiling needs the Vitis AI docker" \
+    "(conda activate vitis-ai-pytorch); the checks above ran"
+
+arch_json=$("$PY" "$HERE/preflight.py" "$XMODEL" "$ARCH" --print_arch) || exit
+mkdir -p "$OUTPUT_DIR" 2>/dev/null || fail $EXIT_BAD_INPUT "$OUTPUT_DIR: cannot create the output folder"
+log=$OUTPUT_DIR/vai_c_xir.log
+# Created first, for tail below to find it; the compiler then appends to it.
+: 2>/dev/null >"$log" || fail $EXIT_BAD_INPUT "$log: cannot write the compiler's log"
+net_xmodel=$OUTPUT_DIR/$NET_NAME.xmodel
+# An earlier run's file may be there: only one that this run (re)wrote counts.
+before=$(stat -c %y "$net_xmodel" 2>/dev/null)
+
+echo "vai_c_xir -x $XMODEL -a $arch_json -n $NET_NAME -o $OUTPUT_DIR (time limit ${TIMEOUT} s, log $log)"
+# timeout runs the compiler in a process group of its own, so that the time limit ends
+# every process it started, and out of reach of Ctrl-C: the trap passes that on.
+# The compiler writes the log itself and tail shows it, so the log is complete once it ends.
+timeout -k 10 "$TIMEOUT" vai_c_xir -x "$XMODEL" -a "$arch_json" -n "$NET_NAME" -o "$OUTPUT_DIR" \
+    </dev/null >>"$log" 2>&1 &
+compiler=$!
+trap 'kill -TERM $compiler 2>/dev/null; wait $compiler; fail 130 "interrupted; vai_c_xir stopped"' INT TERM
+tail -n +1 -s 0.1 -f --pid=$compiler "$log"
+wait $compiler
+status=$?
+trap - INT TERM
+after=$(stat -c %y "$net_xmodel" 2>/dev/null)
+
+if grep -q '(Pdb)' "$log"; then
+    fail $EXIT_HUNG "vai_c_xir stopped at a (Pdb) prompt: a debugger breakpoint left inside this compiler" \
+        "release (Vitis AI 1.3 DPUCADF8H, gen_param_ddr_demo.py), not caused by the model;" \
+        "compile with Vitis AI 1.4 or later (see $log)"
+fi
+if (( status == 124 || status == 137 )); then   # 137: killed 10 s after the time limit
+    fail $EXIT_HUNG "vai_c_xir did not finish within ${TIMEOUT} s and was stopped" \
+        "(COMPILE_TIMEOUT sets the limit; see $log)"
+fi
+if (( status == 0 )) && [[ -n $after && $after != "$before" ]]; then
+    echo "compiled: $net_xmodel"
+    exit 0
+fi
+if grep -q 'NO FRONT END SPECIFIED' "$log"; then
+    fail $EXIT_COMPILER_FAILED "vai_c_xir: NO FRONT END SPECIFIED: the arch's DPU (DPUCADX8G) has no" \
+        "PyTorch/XIR front end; use DPUCADF8H on U200/U250 (see $log)"
+elif grep -qE 'Invalid shift_bias|Check Failed: shift_cut' "$log"; then
+    fail $EXIT_COMPILER_FAILED "vai_c_xir refused a layer's shift_bias or shift_cut: this compiler's range" \
+        "is narrower than the pre-flight check's; the fix positions come from the quantizer's DPU" \
+        "legalization (see $log)"
+elif (( status != 0 )); then
+    fail $EXIT_COMPILER_FAILED "vai_c_xir failed with exit code $status (see $log)"
+fi
+fail $EXIT_COMPILER_FAILED "vai_c_xir ended without error but did not write $net_xmodel (see $log)"

@@ -1,0 +1,245 @@
+"""Pre-flight checks of compile.sh: what can be checked before vai_c_xir runs.
+
+    python preflight.py XMODEL ARCH [--data FILE.npy] [--no_compiler]
+    python preflight.py XMODEL ARCH --print_arch
+
+Prints one line per finding: "ok: ...", "skip: ..." (cannot be checked here)
+or "FAIL: ..." naming the file. Any FAIL ends in one error line on stderr and
+exit code 2. The checks:
+- the xmodel parses into a Linear/ReLU chain of batch 1 with only the ops the
+  DPU flow takes (vaiq.xmodel);
+- every layer's shift_cut and shift_bias lie in the DPU ranges (vaiq.legalize);
+- the arch.json exists and is not DPUCADX8G's; ARCH may also be a DPU name,
+  looked up in the Vitis AI docker's arch folder. With --no_compiler (outside
+  the docker) a missing docker arch folder is a skip, not a failure;
+- with data (--data, else data/test.npy if present): the integer DPU reference
+  (vaiq.dpu) on it and its MSE; if the xmodel's folder holds the quantizer's
+  deploy_check_data_int/, its dumps are compared with the reference on row 0,
+  which must be the deploy row.
+--print_arch only prints the arch.json path that ARCH names.
+"""
+import json
+import os
+
+from checked_io import ArgumentParser, InputError, cli, load_npy
+from simulate import dump_folder, mean_squared_error
+from vaiq import dpu, legalize
+from vaiq.xmodel import SUPPORTED_OP_TYPES, XmodelError, graph_to_model, read_graph
+
+ARCH_ROOT = "/opt/vitis_ai/compiler/arch"     # inside the Vitis AI docker
+DEFAULT_BOARDS = {"DPUCADF8H": "U250"}        # DPUs with several boards and a usual one
+NO_FRONT_END_DPU = "DPUCADX8G"
+NO_FRONT_END_REASON = ("refused, vai_c_xir ends with 'NO FRONT END SPECIFIED' for DPUCADX8G: it has no "
+                       "PyTorch/XIR front end; use DPUCADF8H on U200/U250")
+DEFAULT_DATA = "data/test.npy"
+
+
+class Report:
+    """The findings, printed as they come; the failures are kept for the final error."""
+
+    def __init__(self):
+        self.failures = []
+
+    def ok(self, text):
+        print("ok: " + text)
+
+    def skip(self, text):
+        print("skip: " + text)
+
+    def fail(self, text):
+        print("FAIL: " + text)
+        self.failures.append(text)
+
+
+# ---------------------------------------------------------------- the arch
+
+def refuse_no_front_end(text, source):
+    if NO_FRONT_END_DPU in text.upper():
+        raise InputError("{}: {}".format(source, NO_FRONT_END_REASON))
+
+
+def is_dpu_name(arch):
+    return "/" not in arch and not arch.endswith(".json")
+
+
+def resolve_arch(arch, root=ARCH_ROOT):
+    """The arch.json path of ARCH: a path as given, a DPU name as root/<DPU>/<board>/arch.json."""
+    refuse_no_front_end(arch, arch)
+    if not is_dpu_name(arch):
+        return arch
+    if arch in DEFAULT_BOARDS:
+        return os.path.join(root, arch, DEFAULT_BOARDS[arch], "arch.json")
+    folder = os.path.join(root, arch)
+    if not os.path.isdir(folder):
+        known = sorted(os.listdir(root)) if os.path.isdir(root) else []
+        where = "it has " + ", ".join(known) if known else "not found (it is in the Vitis AI docker)"
+        raise InputError("{}: no such DPU in {} ({})".format(arch, root, where))
+    boards = sorted(board for board in os.listdir(folder)
+                    if os.path.isfile(os.path.join(folder, board, "arch.json")))
+    if len(boards) != 1:
+        raise InputError("{}: {} has {} boards ({}); pass the path of one board's arch.json".format(
+            arch, folder, len(boards), ", ".join(boards) or "no <board>/arch.json"))
+    return os.path.join(folder, boards[0], "arch.json")
+
+
+def read_arch(path):
+    """The target named in an arch.json ("" if none), after checking the file."""
+    if os.path.isdir(path):
+        raise InputError("{}: is a folder, expected an arch.json file".format(path))
+    try:
+        with open(path) as f:
+            arch = json.load(f)
+    except FileNotFoundError:
+        raise InputError("{}: arch file not found".format(path))
+    except OSError as e:
+        raise InputError("{}: cannot read ({})".format(path, e.strerror or e))
+    except ValueError as e:     # JSONDecodeError, or bytes that are not text
+        raise InputError("{}: not a JSON arch file ({})".format(path, e))
+    if not isinstance(arch, dict):
+        raise InputError("{}: not a JSON arch file (expected an object)".format(path))
+    target = str(arch.get("target", ""))
+    refuse_no_front_end(target, path)
+    return target
+
+
+def check_arch(report, arch, compiling, root=ARCH_ROOT):
+    try:
+        refuse_no_front_end(arch, arch)
+        in_docker_folder = is_dpu_name(arch) or os.path.abspath(arch).startswith(root + os.sep)
+        if not compiling and in_docker_folder and not os.path.isdir(root):
+            report.skip("arch {}: {} is not on this machine (it is in the Vitis AI docker)".format(
+                arch, root))
+            return
+        path = resolve_arch(arch, root)
+        target = read_arch(path)
+    except InputError as e:
+        report.fail(str(e))
+        return
+    report.ok("arch {}{}".format(path, " (target {})".format(target) if target else ""))
+
+
+# ---------------------------------------------------------------- the xmodel
+
+def check_xmodel(report, path):
+    """The IntModel of the file, or None after a FAIL."""
+    try:
+        graph = read_graph(path)
+        model = graph_to_model(graph, path)   # also refuses batch > 1 and unknown ops
+    except XmodelError as e:
+        report.fail(str(e))
+        return None
+    present = {op.op_type for op in graph.op_node}
+    sizes = [model.input_size] + [len(layer.bias) for layer in model.layers]
+    report.ok("xmodel {} parses: {} layers ({}), batch 1, ops {}".format(
+        path, len(model.layers), " -> ".join(map(str, sizes)),
+        "/".join(t for t in SUPPORTED_OP_TYPES if t in present)))
+    return model
+
+
+def check_shifts(report, path, model):
+    """True if every layer's shifts are in the DPU ranges; a FAIL per problem otherwise."""
+    shifts = []
+    legal = True
+    for layer, i in zip(model.layers, model.input_positions()):
+        w, b, o = layer.fp_w, layer.fp_b, layer.fp_out
+        for problem in legalize.check_layer(i, w, b, o):
+            report.fail("{}: {}: {} (i={} w={} b={} o={})".format(path, layer.name, problem, i, w, b, o))
+            legal = False
+        shifts.append("{} cut {} bias {}".format(
+            layer.name, legalize.shift_cut(i, w, o), legalize.shift_bias(i, w, b)))
+    if legal:
+        report.ok("shifts in the DPU ranges: " + ", ".join(shifts))
+    return legal
+
+
+# ---------------------------------------------------------------- the integer reference
+
+def check_reference(report, path, model, data_path):
+    try:
+        data = load_npy(data_path, n_columns=model.input_size + 1)
+    except InputError as e:
+        report.fail(str(e))
+        return
+    features, targets = data[:, :-1], data[:, -1]
+    try:
+        outputs = dpu.outputs(model, features)
+    except ValueError as e:     # positions too far apart for 64-bit integers
+        report.fail("{}: {}".format(path, e))
+        return
+    if outputs.shape[1] == 1:
+        report.ok("integer reference on {}: {} rows, MSE {!r}".format(
+            data_path, len(data), mean_squared_error(outputs, targets)))
+    else:
+        report.skip("MSE: the network has {} outputs, the data one target".format(outputs.shape[1]))
+    check_deploy_dumps(report, path, model, features[0], data_path)
+
+
+def check_deploy_dumps(report, path, model, deploy_row, data_path):
+    folder = os.path.join(os.path.dirname(path), "deploy_check_data_int")
+    if not os.path.isdir(folder):
+        report.skip("deploy check: no {}".format(folder))
+        return
+    try:
+        folder = dump_folder(folder, model.net_name)
+    except InputError as e:
+        report.fail(str(e))
+        return
+    checks = dpu.compare_dumps(dpu.deploy_dumps(model, deploy_row), folder)
+    bad = [check for check in checks if not check.ok]
+    # A differing input means the data is not the deploy data: nothing to compare then.
+    deploy_input = model.input_op_name + dpu.FIX_SUFFIX + ".bin"
+    differing_input = [check for check in bad if check.name == deploy_input]
+    if differing_input:
+        report.skip("deploy check: row 0 of {} is not the deploy row ({})".format(
+            data_path, differing_input[0].describe()))
+    elif bad:
+        report.fail("{}: deploy check: {} of {} tensors differ from the integer reference, first {}".format(
+            folder, len(bad), len(checks), bad[0].describe()))
+    else:
+        report.ok("deploy check: all {} tensors in {} match the integer reference on row 0".format(
+            len(checks), folder))
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args():
+    parser = ArgumentParser(description="Pre-flight checks before compiling an xmodel with vai_c_xir.")
+    parser.add_argument("xmodel", help="the quantizer's <Net>_int.xmodel")
+    parser.add_argument("arch", help="arch.json path, or a DPU name such as DPUCADF8H")
+    parser.add_argument("--data", help=".npy (rows, input_size + 1) for the integer reference; row 0 "
+                                       "must be the deploy row (default: {} if present)".format(DEFAULT_DATA))
+    parser.add_argument("--no_compiler", action="store_true",
+                        help="vai_c_xir is not available: the docker's arch folder need not exist")
+    parser.add_argument("--print_arch", action="store_true",
+                        help="only print the arch.json path that ARCH names")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if args.print_arch:
+        print(resolve_arch(args.arch))
+        return 0
+    report = Report()
+    model = check_xmodel(report, args.xmodel)
+    legal = model is not None and check_shifts(report, args.xmodel, model)
+    check_arch(report, args.arch, compiling=not args.no_compiler)
+    data = args.data
+    if data is None and os.path.isfile(DEFAULT_DATA):
+        data = DEFAULT_DATA
+    if not legal:
+        report.skip("integer reference: the xmodel failed its checks")
+    elif data is None:
+        report.skip("integer reference: no {} (pass one with --data; compile.sh: COMPILE_DATA)".format(
+            DEFAULT_DATA))
+    else:
+        check_reference(report, args.xmodel, model, data)
+    if report.failures:
+        more = len(report.failures) - 1
+        raise InputError(report.failures[0] + (" (and {} more failed check{} above)".format(
+            more, "s" if more > 1 else "") if more else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    cli(main)

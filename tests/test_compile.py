@@ -1,0 +1,308 @@
+"""compile.sh: the pre-flight checks, then vai_c_xir with closed stdin and a time limit.
+
+vai_c_xir exists only in the Vitis AI docker; here small stand-in scripts on PATH
+play it: one that compiles, the known failures, and the (Pdb) prompt of Vitis AI 1.3.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, assert_clean_error
+
+import preflight
+from checked_io import InputError
+from vaiq.xmodel import read_graph, read_xmodel, serialize_graph, write_xmodel
+
+COMPILE = os.path.join(REPO, "compile.sh")
+GOLDEN = os.path.join(REPO, "tests", "fixtures", "golden", "p1_trained_in2")
+GOLDEN_RESULT = os.path.join(GOLDEN, "expected", "quantize_result")
+
+# Bodies of the stand-in vai_c_xir (sh scripts). "{argv}" is the file that records the arguments.
+COMPILERS = {
+    "ok": """printf '%s\\n' "$@" > "{argv}"
+while [ $# -gt 0 ]; do
+    case $1 in -o) out=$2 ;; -n) name=$2 ;; esac
+    shift
+done
+echo "compiling $name"
+echo xmodel > "$out/$name.xmodel"
+echo md5 > "$out/md5sum.txt"
+echo '{{}}' > "$out/meta.json"
+""",
+    "no_front_end": 'echo "ERROR: NO FRONT END SPECIFIED"; exit 1',
+    "shift_refused": 'echo "[UNILOG][FATAL] Invalid shift_bias(-10)"; exit 1',
+    "crash": 'echo "Segmentation fault" >&2; exit 7',
+    "no_output": 'echo "done"',
+    # Vitis AI 1.3: a breakpoint prompt that reads commands until stdin ends.
+    "pdb": 'while true; do printf "(Pdb) "; read -r command || exit 1; done',
+    "pdb_ignoring_eof": 'printf "(Pdb) "; sleep 60',
+    "hang": "sleep 60",
+    "hang_recording_its_pid": 'echo $$ > "{argv}"; exec sleep 60',
+}
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project folder with the golden deploy output, its data as data/test.npy and an arch.json."""
+    result = tmp_path / "quantize_result"
+    result.mkdir()
+    shutil.copy(os.path.join(GOLDEN_RESULT, "FFN_int.xmodel"), str(result))
+    dumps = "deploy_check_data_int"
+    shutil.copytree(os.path.join(GOLDEN_RESULT, dumps), str(result / dumps))
+    (tmp_path / "data").mkdir()
+    # The golden deploy ran on row 0 of calib.npy.
+    shutil.copy(os.path.join(GOLDEN, "calib.npy"), str(tmp_path / "data" / "test.npy"))
+    arch = tmp_path / "arch" / "arch.json"
+    arch.parent.mkdir()
+    arch.write_text(json.dumps({"target": "DPUCADF8H"}))
+    return tmp_path
+
+
+def compile_command(cwd, *args, compiler=None, env=None):
+    """The command and environment that run compile.sh with the stand-in `compiler` as the
+    only vai_c_xir on PATH."""
+    path = [d for d in os.environ["PATH"].split(os.pathsep)
+            if d and not os.path.exists(os.path.join(d, "vai_c_xir"))]
+    if compiler:
+        bin_dir = cwd / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        script = bin_dir / "vai_c_xir"
+        script.write_text("#!/bin/sh\n" + COMPILERS[compiler].format(argv=cwd / "argv.txt") + "\n")
+        script.chmod(0o755)
+        path.insert(0, str(bin_dir))
+    environment = dict(os.environ, PATH=os.pathsep.join(path), PY=sys.executable, COMPILE_TIMEOUT="20")
+    environment.pop("COMPILE_DATA", None)
+    environment.update(env or {})
+    return ["bash", COMPILE] + [str(a) for a in args], environment
+
+
+def run_compile(cwd, *args, compiler=None, env=None, stdin=subprocess.DEVNULL):
+    command, environment = compile_command(cwd, *args, compiler=compiler, env=env)
+    return subprocess.run(command, cwd=str(cwd), env=environment, stdin=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+
+
+def compile_args(project, xmodel=None, arch=None):
+    return [xmodel or project / "quantize_result" / "FFN_int.xmodel", arch or project / "arch" / "arch.json",
+            "NET", project / "out"]
+
+
+def finding_lines(stdout):
+    return [line for line in stdout.splitlines() if line.split(":")[0] in ("ok", "skip", "FAIL")]
+
+
+def assert_fails(run, code, *fragments):
+    assert_clean_error(run, *fragments)
+    assert run.returncode == code, run.stderr
+
+
+# ---------------------------------------------------------------- runs that reach the compiler
+
+def test_good_run(project):
+    args = compile_args(project)
+    run = run_compile(project, *args, compiler="ok")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stderr == ""
+    findings = finding_lines(run.stdout)
+    assert [line.split(":")[0] for line in findings] == ["ok"] * 5, run.stdout
+    assert "parses: 3 layers (2 -> 6 -> 4 -> 1), batch 1, ops data/const/fix/matmul/relu" in findings[0]
+    assert findings[1] == "ok: shifts in the DPU ranges: l1 cut 7 bias 6, l2 cut 7 bias 5, l3 cut 6 bias 4"
+    assert findings[2] == "ok: arch {} (target DPUCADF8H)".format(args[1])
+    assert "integer reference on data/test.npy: 1000 rows, MSE " in findings[3]
+    assert "deploy check: all 22 tensors" in findings[4]
+    assert (project / "argv.txt").read_text().splitlines() == [
+        "-x", str(args[0]), "-a", str(args[1]), "-n", "NET", "-o", str(args[3])]
+    assert "compiling NET" in run.stdout            # the compiler's output is shown...
+    assert "compiling NET" in (project / "out" / "vai_c_xir.log").read_text()    # ...and kept
+    assert run.stdout.splitlines()[-1] == "compiled: {}".format(project / "out" / "NET.xmodel")
+    assert {"NET.xmodel", "md5sum.txt", "meta.json"} <= set(os.listdir(str(project / "out")))
+
+
+def test_dpu_name_resolves_to_its_arch_json(tmp_path):
+    for board in ("U200", "U250"):
+        (tmp_path / "DPUCADF8H" / board).mkdir(parents=True)
+    (tmp_path / "DPUCZDX8G" / "ZCU102").mkdir(parents=True)
+    (tmp_path / "DPUCZDX8G" / "ZCU102" / "arch.json").write_text("{}")
+    root = str(tmp_path)
+    assert preflight.resolve_arch("DPUCADF8H", root) == os.path.join(root, "DPUCADF8H", "U250", "arch.json")
+    assert preflight.resolve_arch("DPUCZDX8G", root) == os.path.join(root, "DPUCZDX8G", "ZCU102", "arch.json")
+    assert preflight.resolve_arch("my/arch.json", root) == "my/arch.json"
+    (tmp_path / "DPUCZDX8G" / "ZCU104").mkdir()
+    (tmp_path / "DPUCZDX8G" / "ZCU104" / "arch.json").write_text("{}")
+    with pytest.raises(InputError, match=r"has 2 boards \(ZCU102, ZCU104\)"):
+        preflight.resolve_arch("DPUCZDX8G", root)
+    with pytest.raises(InputError, match=r"no such DPU .*\(it has DPUCADF8H, DPUCZDX8G\)"):
+        preflight.resolve_arch("DPUCAHX8H", root)
+
+
+def test_no_compiler_runs_the_checks_with_the_defaults(project):
+    run = run_compile(project)
+    assert_fails(run, 3, "vai_c_xir not found", "Vitis AI docker", "conda activate vitis-ai-pytorch")
+    findings = finding_lines(run.stdout)
+    assert [line.split(":")[0] for line in findings] == ["ok", "ok", "skip", "ok", "ok"], run.stdout
+    assert "quantize_result/FFN_int.xmodel parses" in findings[0]
+    assert findings[2].startswith("skip: arch DPUCADF8H: /opt/vitis_ai/compiler/arch is not on this machine")
+    assert not (project / "compile_output").exists()
+
+
+def test_pdb_prompt_ends_because_stdin_is_closed(project):
+    read_end, write_end = os.pipe()     # a stdin that never ends, unless compile.sh closes it
+    try:
+        start = time.time()
+        run = run_compile(project, *compile_args(project), compiler="pdb", stdin=read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert time.time() - start < 10     # COMPILE_TIMEOUT is 20 s
+    assert_fails(run, 4, "(Pdb) prompt", "breakpoint left inside this compiler", "not caused by the model",
+                 "Vitis AI 1.4")
+
+
+def test_pdb_prompt_ignoring_eof_ends_at_the_time_limit(project):
+    start = time.time()
+    run = run_compile(project, *compile_args(project), compiler="pdb_ignoring_eof",
+                      env={"COMPILE_TIMEOUT": "1"})
+    assert time.time() - start < 10
+    assert_fails(run, 4, "(Pdb) prompt", "Vitis AI 1.4")
+
+
+def test_a_hung_compiler_is_stopped(project):
+    run = run_compile(project, *compile_args(project), compiler="hang", env={"COMPILE_TIMEOUT": "0.5"})
+    assert_fails(run, 4, "did not finish within 0.5 s", "COMPILE_TIMEOUT")
+
+
+def test_ctrl_c_stops_the_compiler(project):
+    command, environment = compile_command(project, *compile_args(project), compiler="hang_recording_its_pid")
+    # A process group of its own, as under a terminal, where Ctrl-C signals the whole group.
+    run = subprocess.Popen(command, cwd=str(project), env=environment, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, preexec_fn=os.setpgrp)
+    pid_file = project / "argv.txt"
+    deadline = time.time() + 10
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)     # for compile.sh to set its trap
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=10)
+    assert run.returncode == 130 and "interrupted; vai_c_xir stopped" in stderr, stderr
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):     # the compiler has gone too
+        os.kill(int(pid_file.read_text()), 0)
+
+
+@pytest.mark.parametrize("compiler, fragments", [
+    ("no_front_end", ["NO FRONT END SPECIFIED", "use DPUCADF8H on U200/U250"]),
+    ("shift_refused", ["refused a layer's shift_bias or shift_cut", "legalization"]),
+    ("crash", ["vai_c_xir failed with exit code 7"]),
+    ("no_output", ["ended without error but did not write", "NET.xmodel"]),
+])
+def test_compiler_failures_are_explained(project, compiler, fragments):
+    run = run_compile(project, *compile_args(project), compiler=compiler)
+    assert_fails(run, 1, *fragments)
+    assert "vai_c_xir.log" in run.stderr
+
+
+def test_an_output_of_an_earlier_run_does_not_count(project):
+    (project / "out").mkdir()
+    (project / "out" / "NET.xmodel").write_text("earlier")
+    run = run_compile(project, *compile_args(project), compiler="no_output")
+    assert_fails(run, 1, "did not write")
+
+
+# ---------------------------------------------------------------- pre-flight failures
+
+def assert_refused(run, *fragments):
+    """Exit 2 before the compiler ran."""
+    assert_fails(run, 2, *fragments)
+    assert "vai_c_xir -x" not in run.stdout
+
+
+@pytest.mark.parametrize("arch", ["DPUCADX8G", "DPUCADX8G/ALVEO/arch.json"])
+def test_dpucadx8g_is_refused(project, arch):
+    if "/" in arch:
+        arch = project / arch
+        arch.parent.mkdir(parents=True)
+        arch.write_text("{}")
+    run = run_compile(project, *compile_args(project, arch=arch), compiler="ok")
+    assert_refused(run, str(arch), "NO FRONT END SPECIFIED", "no PyTorch/XIR front end", "DPUCADF8H")
+
+
+def test_missing_arch_file(project):
+    arch = project / "missing" / "arch.json"
+    assert_refused(run_compile(project, *compile_args(project, arch=arch), compiler="ok"),
+                   str(arch), "arch file not found")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not protobuf"])
+def test_broken_xmodel(project, damage):
+    xmodel = project / "broken.xmodel"
+    data = open(os.path.join(GOLDEN_RESULT, "FFN_int.xmodel"), "rb").read()
+    xmodel.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"\xff\xfe not an xmodel")
+    run = run_compile(project, *compile_args(project, xmodel=xmodel), compiler="ok")
+    assert_refused(run, str(xmodel))
+    assert "skip: integer reference: the xmodel failed its checks" in run.stdout
+
+
+def write_changed_graph(path, change):
+    graph = read_graph(os.path.join(GOLDEN_RESULT, "FFN_int.xmodel"))
+    change({op.op_name: op for op in graph.op_node})
+    path.write_bytes(serialize_graph(graph))
+
+
+def test_batch_above_1(project):
+    xmodel = project / "batch4.xmodel"
+
+    def batch_4(ops):
+        ops["FFN__input_0"].op_attr["shape"].int32_vec_value.value[0] = 4
+    write_changed_graph(xmodel, batch_4)
+    assert_refused(run_compile(project, *compile_args(project, xmodel=xmodel), compiler="ok"),
+                   str(xmodel), "batch 4, the DPU compiles batch 1 only")
+
+
+def test_missing_fix_attribute(project):
+    xmodel = project / "no_fix_point.xmodel"
+    write_changed_graph(xmodel, lambda ops: ops["FFN__input_0_fix"].op_attr.pop("fix_point"))
+    assert_refused(run_compile(project, *compile_args(project, xmodel=xmodel), compiler="ok"),
+                   str(xmodel), "FFN__input_0_fix has no attribute fix_point")
+
+
+def test_illegal_shifts_name_the_layer_and_positions(project):
+    model = read_xmodel(os.path.join(GOLDEN_RESULT, "FFN_int.xmodel"))
+    model.layers[1].fp_w, model.layers[1].fp_b = 12, 0     # shift_bias 6 + 12 - 0 = 18
+    model.layers[2].fp_out = 20                             # shift_cut 5 + 7 - 20 = -8
+    xmodel = project / "illegal.xmodel"
+    write_xmodel(model, str(xmodel))
+    run = run_compile(project, *compile_args(project, xmodel=xmodel), compiler="ok")
+    assert_refused(run, str(xmodel), "l2: shift_bias 18 outside [-3, 16] (i=6 w=12 b=0 o=5)",
+                   "(and 1 more failed check above)")
+    assert "FAIL: {}: l3: shift_cut -8 outside [0, 16] (i=5 w=7 b=8 o=20)".format(xmodel) in run.stdout
+
+
+def test_data_that_does_not_fit_the_xmodel(project):
+    data = os.path.join(REPO, "tests", "fixtures", "golden", "p3_random_in4", "calib.npy")
+    run = run_compile(project, *compile_args(project), compiler="ok", env={"COMPILE_DATA": data})
+    assert_refused(run, data, "has 5 columns, expected 3")
+
+
+def test_a_differing_deploy_dump_fails(project):
+    dump = project / "quantize_result" / "deploy_check_data_int" / "FFN" / "FFN__FFN_ret_7_fix.bin"
+    dump.write_bytes(bytes([dump.read_bytes()[0] ^ 1]) + dump.read_bytes()[1:])
+    run = run_compile(project, *compile_args(project), compiler="ok")
+    assert_refused(run, "deploy check: 1 of 22 tensors differ", "FFN__FFN_ret_7_fix.bin")
+
+
+def test_data_without_the_deploy_row_skips_the_deploy_check(project):
+    data = project / "data" / "shifted.npy"
+    np.save(str(data), np.load(str(project / "data" / "test.npy"))[1:])
+    run = run_compile(project, *compile_args(project), compiler="ok", env={"COMPILE_DATA": data})
+    assert run.returncode == 0, run.stderr
+    assert "skip: deploy check: row 0 of" in run.stdout
+
+
+def test_bad_timeout(project):
+    assert_refused(run_compile(project, compiler="ok", env={"COMPILE_TIMEOUT": "0"}), "COMPILE_TIMEOUT '0'")

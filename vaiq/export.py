@@ -13,8 +13,9 @@ import torch.nn as nn
 
 from checked_io import InputError, atomic_path
 
-from .fixpoint import HALF_AWAY, HALF_UP, quantize
+from .fixpoint import HALF_AWAY, fake_quantize, quantize
 from .int_model import IntLayer, IntModel
+from .quant_model import quantized_network
 from .trace import op_name
 from .xmodel import write_xmodel
 
@@ -95,43 +96,28 @@ def export_xmodel(quant_model, output_dir, deploy_check=False):
 
 # ---------------------------------------------------------------- TorchScript
 
-class _FixedPointChain(nn.Module):
-    """The test-mode forward with no dependency on this project, for TorchScript:
-    parameters already on their grids, activations rounded half up exactly."""
+class _TestModeNetwork(nn.Module):
+    """The quantizer's test-mode forward as a module of its own, for TorchScript:
+    the traced graph holds the parameters and every rounding, and needs nothing
+    of this project to run."""
 
-    def __init__(self, int_net):
+    def __init__(self, quant_model):
         super().__init__()
-        weights, biases, scales = [], [], [2.0 ** int_net.fp_in]
-        for layer in int_net.layers:
-            weights.append(torch.from_numpy(layer.weight.astype(np.float32) * np.float32(2.0 ** -layer.fp_w)))
-            biases.append(torch.from_numpy(layer.bias.astype(np.float32) * np.float32(2.0 ** -layer.fp_b)))
-            scales.append(2.0 ** layer.fp_out)
-        self.weights = nn.ParameterList(nn.Parameter(w, requires_grad=False) for w in weights)
-        self.biases = nn.ParameterList(nn.Parameter(b, requires_grad=False) for b in biases)
-        self.scales = scales
-        self.relus = [layer.relu for layer in int_net.layers]
-
-    @staticmethod
-    def fix(x, scale):
-        scaled = x * scale
-        low = torch.floor(scaled)
-        q = torch.clamp(low + (scaled - low >= 0.5).to(x.dtype), -128.0, 127.0)
-        return q / scale
+        self.chain, self.positions = quant_model.chain, quant_model.positions
+        self.weights = nn.ParameterList(nn.Parameter(lin.weight.detach().clone(), requires_grad=False)
+                                        for lin in quant_model.linears)
+        self.biases = nn.ParameterList(nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+                                       for lin in quant_model.linears)
 
     def forward(self, x):
-        x = self.fix(x.float(), self.scales[0])
-        for k in range(len(self.relus)):
-            x = torch.nn.functional.linear(x, self.weights[k], self.biases[k])
-            if self.relus[k]:
-                x = torch.relu(x)
-            x = self.fix(x, self.scales[k + 1])
-        return x
+        params = list(zip(self.weights, self.biases))
+        return quantized_network(x.float(), params, self.chain, self.positions, fake_quantize)
 
 
 def export_torch_script(quant_model, output_dir):
     dumps = deploy_forward_dumps(quant_model)
     example = dumps[quant_model.chain.input_tensor]
-    module = _FixedPointChain(int_model(quant_model)).eval()
+    module = _TestModeNetwork(quant_model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # torch.jit is deprecated in recent releases, still the format asked for
         traced = torch.jit.trace(module, example)

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .fixpoint import HALF_AWAY, HALF_UP, fake_quantize
+from .fixpoint import fake_quantize
+from .quant_model import quantized_network
 
 STEPS = 300          # Adam steps per layer
 LR = 3e-3            # a fraction of an int8 grid step at positions 6 to 8
@@ -26,20 +27,6 @@ LR = 3e-3            # a fraction of an int8 grid step at positions 6 to 8
 def ste(x, fp, mode):
     """Fake quantization in the forward, identity in the backward."""
     return x + (fake_quantize(x, fp, mode) - x).detach()
-
-
-def quantized_network(x, params, chain, positions, quantize):
-    """The test-mode forward with float parameters `params` [(weight, bias), ...]
-    put on their grids by `quantize` (fake_quantize: exact; ste: trainable)."""
-    param, output = positions["param"], positions["output"]
-    x = quantize(x, output[chain.input_tensor], HALF_UP)
-    for layer, (weight, bias) in zip(chain.layers, params):
-        x = F.linear(x, quantize(weight, param[layer.weight_key], HALF_AWAY),
-                     quantize(bias, param[layer.bias_key], HALF_AWAY))
-        if layer.relu:
-            x = F.relu(x)
-        x = quantize(x, output[layer.output_tensor], HALF_UP)
-    return x
 
 
 def float_network(x, params, chain):

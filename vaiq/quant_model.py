@@ -18,6 +18,20 @@ from .bias_correction import BiasCorrection
 from .fixpoint import HALF_AWAY, HALF_UP, INPUT_SCOPE, PARAM_SCOPE, fake_quantize, fix_position
 
 
+def quantized_network(x, params, chain, positions, quantize):
+    """The test-mode forward with float parameters `params` [(weight, bias), ...]
+    put on their grids by `quantize` (fake_quantize: exact; ste: trainable)."""
+    param, output = positions["param"], positions["output"]
+    x = quantize(x, output[chain.input_tensor], HALF_UP)
+    for layer, (weight, bias) in zip(chain.layers, params):
+        x = F.linear(x, quantize(weight, param[layer.weight_key], HALF_AWAY),
+                     quantize(bias, param[layer.bias_key], HALF_AWAY))
+        if layer.relu:
+            x = F.relu(x)
+        x = quantize(x, output[layer.output_tensor], HALF_UP)
+    return x
+
+
 def history_mode(history):
     """The most frequent value; the smallest among equally frequent ones."""
     return min(set(history), key=lambda value: (-history.count(value), value))

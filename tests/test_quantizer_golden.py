@@ -105,3 +105,29 @@ def test_calibration_history_uses_the_mode_with_ties_to_the_smaller(calibrated):
     for tensor, history in summary["calib_fix_pos_history"].items():
         if tensor != "what":
             assert history_mode(history) == summary["legalization"]["before"]["output"][tensor]
+
+
+def release_1_3_form(info):
+    """A 3.x quant_info as release 1.3 wrote it: flat pairs, no extra keys, and the
+    activation names of the traced graph of torch 1.4."""
+    traced = ["FFN::input_0", "FFN::FFN/input.2", "FFN::FFN/input.3", "FFN::FFN/Linear[l3]/10"]
+    return {
+        "param": {key: value[0] for key, value in info["param"].items()},
+        "output": {name: value[0] for name, value in zip(traced, info["output"].values())},
+    }
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_test_mode_reads_the_release_1_3_form(case, tmp_path, monkeypatch):
+    """Results of older docker runs can be used in test mode: names are mapped by position."""
+    out = tmp_path / "quantize_result"
+    out.mkdir()
+    golden = json.load(open(expected(case, "quantize_result", "quant_info.json")))
+    (out / "quant_info.json").write_text(json.dumps(release_1_3_form(golden)))
+    golden_corr = expected(case, "quantize_result", "bias_corr.pth")
+    if os.path.exists(golden_corr):
+        traced_nodes = ["FFN::FFN/Linear[l1]/6", "FFN::FFN/Linear[l2]/8", "FFN::FFN/Linear[l3]/10"]
+        corr = torch.load(golden_corr, weights_only=True)
+        torch.save(dict(zip(traced_nodes, corr.values())), str(out / "bias_corr.pth"))
+    run_quant(monkeypatch, case, out, "--quant_mode", "test", "--save_outputs", str(tmp_path / "outputs.npy"))
+    assert np.load(str(tmp_path / "outputs.npy")).tobytes() == np.load(expected(case, "test_outputs.npy")).tobytes()

@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -108,6 +109,9 @@ def load_npy(path, n_columns=None):
         raise InputError("{}: not a valid .npy file ({})".format(path, e))
     except (OSError, EOFError) as e:
         raise InputError("{}: not a valid .npy file ({})".format(path, e))
+    except Exception as e:  # a damaged header: numpy lets tokenize and syntax errors through,
+        # and a MemoryError when the header claims a shape far larger than the file
+        raise InputError("{}: not a valid .npy file (damaged header: {})".format(path, type(e).__name__))
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
         raise InputError("{}: expected a numeric array, found dtype {}".format(path, getattr(array, "dtype", type(array))))
     if array.ndim != 2:
@@ -133,10 +137,14 @@ def load_torch_file(path, what="checkpoint"):
     # The current format is a zip archive; the pre-1.6 one a pickle (first byte 0x80).
     with open(path, "rb") as f:
         legacy = f.read(1) == b"\x80"
-    if not (legacy or zipfile.is_zipfile(path)):
+    if not (legacy or _is_zipfile(path)):
         raise InputError("{}: not a loadable {} (not a torch.save file, or truncated)".format(path, what))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about oddities of a damaged file (an unknown pickle protocol) on
+            # stderr; the error below says what is wrong in one line.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, truncated data, or code refused by weights_only
         text = str(e).strip()
         if isinstance(e, EOFError):
@@ -146,6 +154,13 @@ def load_torch_file(path, what="checkpoint"):
         else:
             reason = text.splitlines()[0] if text else type(e).__name__
         raise InputError("{}: not a loadable {} ({})".format(path, what, reason))
+
+
+def _is_zipfile(path):
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # e.g. a damaged end record that reads as a multi-disk archive
+        return False
 
 
 # ---------------------------------------------------------------- writing
@@ -187,11 +202,34 @@ def atomic_path(path):
 
 
 def _replace_dir(new, path, scratch):
-    """Swap folder `new` into `path`: two renames, the old one removed last."""
+    """Swap folder `new` into `path`: two renames, the old one removed last.
+    If the second rename fails or is interrupted, the old folder is put back."""
     old = os.path.join(scratch, ".old")
-    if os.path.exists(path):
-        os.rename(path, old)
-    os.rename(new, path)
+    try:
+        if os.path.exists(path):
+            os.rename(path, old)
+        os.rename(new, path)
+    except BaseException:
+        if os.path.isdir(old) and not os.path.exists(path):
+            os.rename(old, path)
+        raise
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Hold SIGINT and SIGTERM until the block has run: files written in it
+    (quant_info.json with bias_corr.pth, the deploy exports) are replaced as a
+    set, and the interruption takes effect right after."""
+    received = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def write_bytes(path, data):

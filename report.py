@@ -84,7 +84,7 @@ def read_log(path):
                 except (TypeError, ValueError):
                     raise InputError("{}: line {}: step {!r}, loss {!r}; expected an integer and a number".format(
                         path, reader.line_num, row["step"], row["loss"]))
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, csv.Error) as e:  # csv.Error: e.g. a field over the size limit
         raise InputError("{}: cannot read the training log ({})".format(path, getattr(e, "strerror", None) or e))
     return np.array(epochs), np.array(losses)
 

@@ -10,6 +10,10 @@ from typing import List, Optional
 
 import numpy as np
 
+# Positions beyond +-64 mean steps below 2^-64 or above 2^64, which no int8
+# network uses; the bound also keeps q * 2^-fp exact in float32.
+FIX_POINT_LIMIT = 64
+
 
 @dataclass
 class IntLayer:

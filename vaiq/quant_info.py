@@ -6,6 +6,7 @@ come from the traced graph and are matched to ours by position.
 """
 import hashlib
 import json
+import math
 import os
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from checked_io import InputError, load_torch_file, torch_save, write_text
 
 from .fixpoint import BIT_WIDTH
+from .int_model import FIX_POINT_LIMIT
 
 QUANT_INFO = "quant_info.json"
 BIAS_CORR = "bias_corr.pth"
@@ -115,6 +117,9 @@ def _position(path, key, value):
         raise QuantInfoError("{}: {} has {!r}, expected [[bit_width, fix_position]]".format(path, key, value))
     if value[0] != BIT_WIDTH:
         raise QuantInfoError("{}: {} has bit width {}, the built-in quantizer uses {}".format(path, key, value[0], BIT_WIDTH))
+    if abs(value[1]) > FIX_POINT_LIMIT:   # as the xmodel reader; far beyond would overflow the scales
+        raise QuantInfoError("{}: {} has fix position {}, outside [-{limit}, {limit}]".format(
+            path, key, value[1], limit=FIX_POINT_LIMIT))
     return value[1]
 
 
@@ -140,6 +145,8 @@ def read_quant_info(output_dir, chain):
             info = json.loads(f.read().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise QuantInfoError("{}: not valid JSON ({})".format(path, e))
+    except RecursionError:
+        raise QuantInfoError("{}: not valid JSON (nested too deeply)".format(path))
     if not isinstance(info, dict) or not isinstance(info.get("param"), dict) or not isinstance(info.get("output"), dict):
         raise QuantInfoError("{}: expected an object with 'param' and 'output' sections".format(path))
     param = _match(path, "param", info["param"], chain.param_tensors(), by_position=False)
@@ -171,6 +178,8 @@ def read_bias_corr(output_dir, chain):
         values = corr[layer.node]
         if not isinstance(values, (list, tuple)) or not all(isinstance(v, float) for v in values):
             raise QuantInfoError("{}: {} is not a list of floats".format(path, layer.node))
+        if not all(math.isfinite(v) for v in values):
+            raise QuantInfoError("{}: {} holds NaN or Inf".format(path, layer.node))
         if len(values) != layer.linear.out_features:
             raise QuantInfoError("{}: {} has {} values, the layer has {} outputs".format(
                 path, layer.node, len(values), layer.linear.out_features))

@@ -16,7 +16,7 @@ import numpy as np
 
 from checked_io import InputError, write_bytes
 from vaiq import xmodel_pb2
-from vaiq.int_model import IntLayer, IntModel
+from vaiq.int_model import FIX_POINT_LIMIT, IntLayer, IntModel
 
 
 class XmodelError(InputError):
@@ -29,9 +29,6 @@ FLOAT_BITS = 32
 BIT_WIDTH = 8
 INT8_MIN, INT8_MAX = -128, 127
 ROUND_MODE = "DPU_ROUND"
-# Positions beyond +-64 mean steps below 2^-64 or above 2^64, which no int8
-# network uses; the bound also keeps q * 2^-fp exact in float32.
-FIX_POINT_LIMIT = 64
 SUPPORTED_OP_TYPES = ("data", "const", "fix", "matmul", "relu")
 # The attributes every fix op carries, with the AttrValue member XIR reads
 # them from: a value stored in another member (e.g. an int64 fix_point) is

@@ -19,7 +19,7 @@ import os
 import torch
 from catalyst import dl
 
-from checked_io import InputError
+from checked_io import InputError, atomic_path
 from losses import MSE, regression_metrics
 
 # What `train` returns: the weights of the best epoch, its number and validation loss.
@@ -90,21 +90,24 @@ class CSVLogger(dl.CSVLogger):
         super().log_metrics(metrics, scope, runner)
 
 
-def make_log_dir(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise InputError("{}: cannot create log folder ({})".format(path, e.strerror or e))
-
-
 def train(model, train_loader, valid_loader, lr=1e-3, n_epochs=1, seed=42, log_dir="logs",
           hparams=None, verbose=True):
     """Train `model` with Adam on the MSE; return the `Best` epoch (weights kept in memory).
 
     `model` itself ends with the last epoch's weights; load `best.state_dict` to use the best.
     """
-    make_log_dir(log_dir)
     runner = FFNRunner(torch.optim.Adam(model.parameters(), lr=lr))
+    # The logs are written to a temporary folder that replaces log_dir at the end,
+    # so an interrupted training leaves the earlier logs with the earlier checkpoint.
+    with atomic_path(log_dir) as tmp_log_dir:
+        os.makedirs(tmp_log_dir)
+        _run(runner, model, train_loader, valid_loader, tmp_log_dir, hparams, seed, n_epochs, verbose)
+    if runner.best.state_dict is None:
+        raise InputError("--lr {}: training diverged, the validation loss was NaN in every epoch".format(lr))
+    return runner.best
+
+
+def _run(runner, model, train_loader, valid_loader, log_dir, hparams, seed, n_epochs, verbose):
     runner.train(
         model=model,
         engine=dl.CPUEngine(),
@@ -117,9 +120,6 @@ def train(model, train_loader, valid_loader, lr=1e-3, n_epochs=1, seed=42, log_d
         num_epochs=n_epochs,
         verbose=verbose,
     )
-    if runner.best.state_dict is None:
-        raise InputError("--lr {}: training diverged, the validation loss was NaN in every epoch".format(lr))
-    return runner.best
 
 
 @torch.no_grad()

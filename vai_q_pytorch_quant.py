@@ -17,7 +17,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from checked_io import ArgumentParser, InputError, cli, positive_int, save_npy
+from checked_io import ArgumentParser, InputError, cli, positive_int, save_npy, uninterrupted
 from losses import regression_metrics
 from model import FFN
 from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
@@ -121,7 +121,8 @@ def main(argv=None):
         predict(quantizer.quant_model, loader, "calib")
         if args.fast_finetune:
             quantizer.fast_finetune(loss_on, (quantizer.quant_model, loader))
-        changes = quantizer.export_quant_config()
+        with uninterrupted():
+            changes = quantizer.export_quant_config()
         for change in changes or []:
             print("legalized for the DPU: {}".format(change))
         print("calib ({}): {} in {} batches -> {}".format(backend, rows, len(loader), args.output_dir))
@@ -151,9 +152,10 @@ def deploy(torch_quantizer, model, loader, args):
         quantizer.load_ft_param()
     with torch.no_grad():
         quantizer.quant_model(first_row)
-    quantizer.export_xmodel(output_dir=args.output_dir, deploy_check=True)
-    quantizer.export_torch_script(output_dir=args.output_dir)
-    quantizer.export_onnx_model(output_dir=args.output_dir)
+    with uninterrupted():
+        quantizer.export_xmodel(output_dir=args.output_dir, deploy_check=True)
+        quantizer.export_torch_script(output_dir=args.output_dir)
+        quantizer.export_onnx_model(output_dir=args.output_dir)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 import torch
 
 import generate_data
-from checked_io import ArgumentParser, cli, positive_float, positive_int, save_npy, torch_save
+from checked_io import ArgumentParser, cli, positive_float, positive_int, seed, torch_save
 from losses import MSE
 from model import FFN
 from preprocessors import make_dataloader
@@ -54,8 +54,7 @@ def print_table(rows):
 
 def stage_generate_data(args, data_dir):
     parts = generate_data.split_rows(generate_data.make_rows(args.n_samples, args.input_size, args.seed))
-    for name, part in parts.items():
-        save_npy(os.path.join(data_dir, name + ".npy"), part)
+    generate_data.write_splits(parts, data_dir)
     return data_dir, ", ".join("{} {}".format(name, len(part)) for name, part in parts.items())
 
 
@@ -119,10 +118,11 @@ def stage_quantizer(mode, model, data_dir, batch_size, output_dir):
     return None, "{} rows in batches of {}".format(len(loader.dataset), batch_size)
 
 
-def stage_command(mode, work_dir, batch_size):
+def stage_command(mode, work_dir, batch_size, input_size):
     """The whole vai_q_pytorch_quant.py command, start-up included."""
     command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "vai_q_pytorch_quant.py"),
-               "--quant_mode", mode, "--batch_size", str(batch_size), "--backend", "builtin",
+               "--quant_mode", mode, "--batch_size", str(batch_size), "--input_size", str(input_size),
+               "--backend", "builtin",
                "--output_dir", os.path.join(work_dir, "quantize_result_cli")]
     subprocess.run(command, cwd=work_dir, check=True, stdout=subprocess.DEVNULL)
     return None, "python vai_q_pytorch_quant.py --quant_mode {}".format(mode)
@@ -141,11 +141,9 @@ def main():
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--lr", type=positive_float, default=1e-1)
     parser.add_argument("--n_epochs", type=positive_int, default=32)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=seed, default=42)
     parser.add_argument("--work_dir", help="keep the outputs here instead of a temporary folder")
     args = parser.parse_args()
-    if args.n_samples < 20:
-        parser.error("--n_samples {}: too small to split, use at least 20".format(args.n_samples))
 
     # The first set_seed imports part of torch (deterministic-algorithm checks);
     # done here so that its one-off second is charged to neither training.
@@ -164,7 +162,7 @@ def main():
         for mode in ("calib", "test"):
             timed(rows, mode + ", quantizer's work", stage_quantizer, mode, model, data_dir, args.batch_size,
                   os.path.join(work_dir, "quantize_result"))
-            timed(rows, mode + ", whole command", stage_command, mode, work_dir, args.batch_size)
+            timed(rows, mode + ", whole command", stage_command, mode, work_dir, args.batch_size, args.input_size)
     finally:
         if not args.work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)

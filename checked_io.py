@@ -73,6 +73,26 @@ def positive_float(text):
     return value
 
 
+MAX_SEED = 2 ** 32 - 1   # numpy's seeds are 32-bit
+
+
+def seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("{!r} is not an integer".format(text))
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError("must be in [0, {}], got {}".format(MAX_SEED, value))
+    return value
+
+
+def npy_path(text):
+    """An output file name that np.save keeps as it is."""
+    if not text.endswith(".npy"):
+        raise argparse.ArgumentTypeError("{}: must be a .npy file".format(text))
+    return text
+
+
 # ---------------------------------------------------------------- reading
 
 def require_file(path, what="file"):
@@ -165,13 +185,33 @@ def _is_zipfile(path):
 
 # ---------------------------------------------------------------- writing
 
+def check_output_dir(path, own_files=None):
+    """Fail now, not after the work, if `path` cannot be made or written; create nothing.
+    With `own_files`, the folder is one that is replaced whole: refuse it when it
+    holds anything else, which the replacement would delete."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError("{}: is a file, expected an output folder".format(path))
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError("{}: cannot create output folder ({} is a file)".format(path, existing))
+    try:  # os.access says yes to root even where nothing can be made (/proc, /sys, read-only mounts)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=existing))
+    except OSError as e:
+        raise InputError("{}: cannot create output folder ({})".format(path, e.strerror or e))
+    if own_files is not None and os.path.isdir(path):
+        other = sorted(set(os.listdir(path)) - set(own_files))
+        if other:
+            raise InputError("{}: holds files this stage does not write ({}); it is replaced whole, so choose "
+                             "another folder".format(path, ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")))
+
+
 def _make_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise InputError("{}: cannot create output folder ({})".format(path, e.strerror or e))
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise InputError("{}: output folder is not writable".format(path))
 
 
 @contextlib.contextmanager
@@ -185,7 +225,10 @@ def atomic_path(path):
     """
     folder = os.path.dirname(os.path.abspath(path))
     _make_dir(folder)
-    tmp_dir = tempfile.mkdtemp(prefix=".tmp-", dir=folder)
+    try:
+        tmp_dir = tempfile.mkdtemp(prefix=".tmp-", dir=folder)
+    except OSError as e:
+        raise InputError("{}: cannot write in its folder ({})".format(path, e.strerror or e))
     try:
         tmp = os.path.join(tmp_dir, os.path.basename(path))
         yield tmp

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from checked_io import ArgumentParser, InputError, cli, positive_int, save_npy
+from checked_io import ArgumentParser, InputError, cli, positive_int, save_npy, seed
 
 SPLITS = ("train", "valid", "test")
 
@@ -24,25 +24,31 @@ def make_rows(n_samples, input_size=2, seed=42):
 
 
 def split_rows(rows):
+    """{split name: rows}; every split must get at least one row."""
     n = len(rows)
-    return dict(zip(SPLITS, np.split(rows, [int(0.75 * n), int(0.8 * n)])))
+    parts = dict(zip(SPLITS, np.split(rows, [int(0.75 * n), int(0.8 * n)])))
+    empty = [name for name, part in parts.items() if len(part) == 0]
+    if empty:
+        raise InputError("--n_samples {}: too small to split, {} would be empty (use at least 20)".format(
+            n, "/".join(empty)))
+    return parts
+
+
+def write_splits(parts, output_dir):
+    for name, part in parts.items():
+        save_npy(os.path.join(output_dir, name + ".npy"), part)
 
 
 def main():
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n_samples", type=positive_int, default=100)
     parser.add_argument("--output_dir", default="data")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=seed, default=42)
     parser.add_argument("--input_size", type=positive_int, default=2)
     args = parser.parse_args()
 
     parts = split_rows(make_rows(args.n_samples, args.input_size, args.seed))
-    empty = [name for name, part in parts.items() if len(part) == 0]
-    if empty:
-        raise InputError("--n_samples {}: too small to split, {} would be empty (use at least 20)".format(
-            args.n_samples, "/".join(empty)))
-    for name, part in parts.items():
-        save_npy(os.path.join(args.output_dir, name + ".npy"), part)
+    write_splits(parts, args.output_dir)
     print("wrote {}: {}".format(args.output_dir, ", ".join("{} {} rows".format(n, len(p)) for n, p in parts.items())))
 
 

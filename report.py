@@ -28,10 +28,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from checked_io import ArgumentParser, InputError, atomic_path, cli, positive_int, require_file  # noqa: E402
+from checked_io import (ArgumentParser, InputError, atomic_path, check_output_dir, cli, positive_int,  # noqa: E402
+                        require_file)
 from losses import regression_metrics  # noqa: E402
 from model import FFN  # noqa: E402
-from preprocessors import load_from_state_dict, make_dataloader  # noqa: E402
+from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader  # noqa: E402
 from set_seed import DEVICE  # noqa: E402
 from simulate import load_model  # noqa: E402
 from vai_q_pytorch_quant import predict  # noqa: E402
@@ -56,7 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval_data", default="test.npy", help="rows to evaluate both models on, in --data_dir")
     parser.add_argument("--input_size", type=positive_int, default=2)
     parser.add_argument("--checkpoint_dir", default="checkpoints")
-    parser.add_argument("--model_name", default="ffn_state_dict.pth", help="float state dict, in --checkpoint_dir")
+    parser.add_argument("--model_name", default="ffn_state_dict.pth", help="float state dict: a file name in --checkpoint_dir, or a path")
     parser.add_argument("--log_dir", default="logs", help="train.csv and valid.csv of the training")
     parser.add_argument("--quant_dir", default="quantize_result", help="the quantizer's --output_dir")
     parser.add_argument("--output_dir", default="report", help="folder of README.md and the plots; replaced whole")
@@ -120,18 +121,6 @@ def load_int8_model(quant_dir, input_size):
         raise InputError("{}: the network takes {} inputs, --input_size is {}".format(
             path, model.input_size, input_size))
     return model, path
-
-
-def check_output_dir(path):
-    """The report folder is replaced whole, so refuse one that holds anything else."""
-    if not os.path.exists(path):
-        return
-    if not os.path.isdir(path):
-        raise InputError("{}: is a file, expected the report folder".format(path))
-    other = sorted(set(os.listdir(path)) - set(REPORT_FILES))
-    if other:
-        raise InputError("{}: holds files the report does not write ({}); not replaced, choose another "
-                         "--output_dir".format(path, ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")))
 
 
 # ---------------------------------------------------------------- plots
@@ -274,9 +263,9 @@ def page(paths, log_notes, metrics, diff, int_model, pngs):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_output_dir(args.output_dir)
+    check_output_dir(args.output_dir, own_files=REPORT_FILES)
     paths = {"data": os.path.join(args.data_dir, args.eval_data),
-             "checkpoint": os.path.join(args.checkpoint_dir, args.model_name)}
+             "checkpoint": checkpoint_path(args.checkpoint_dir, args.model_name)}
     # Everything is read and checked before anything is written.
     int_model, paths["xmodel"] = load_int8_model(args.quant_dir, args.input_size)
     loader = make_dataloader(args.data_dir, args.eval_data, False, BATCH_SIZE, input_size=args.input_size)

@@ -7,14 +7,16 @@
       prints the mse and r^2 on <data_dir>/<eval_data>
 """
 import os
-import tempfile
 
-from checked_io import ArgumentParser, InputError, cli, positive_float, positive_int, torch_save
+from checked_io import (ArgumentParser, InputError, check_output_dir, cli, positive_float, positive_int, seed,
+                        torch_save)
 from model import FFN
 from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
 from set_seed import DEVICE, set_seed
 
 CHECKPOINT_NAME = "ffn_state_dict.pth"
+# What runner.train writes into --log_dir, which it replaces whole when training ends.
+LOG_FILES = ("train.csv", "valid.csv", "hparams.json")
 
 
 def parse_args():
@@ -30,7 +32,7 @@ def parse_args():
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--lr", type=positive_float, default=1e-3)
     parser.add_argument("--n_epochs", type=positive_int, default=1)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=seed, default=42)
     parser.add_argument("--log_dir", default="logs", help="per-epoch train.csv and valid.csv")
     args = parser.parse_args()
     if not (args.train or args.evaluate):
@@ -38,19 +40,6 @@ def parse_args():
     if args.evaluate and not (args.train or args.model_name):
         parser.error("--evaluate needs --model_name (a state dict) or --train")
     return args
-
-
-def check_output_dir(path):
-    """Fail now, not after the training, if `path` cannot be made or written; create nothing."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise InputError("{}: cannot create output folder ({} is a file)".format(path, existing))
-    try:  # os.access says yes to root even where nothing can be made (/proc, read-only mounts)
-        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=existing))
-    except OSError as e:
-        raise InputError("{}: cannot create output folder ({})".format(path, e.strerror or e))
 
 
 def main():
@@ -74,7 +63,7 @@ def main():
         if os.path.isdir(checkpoint):
             raise InputError("{}: is a folder, cannot write the checkpoint there".format(checkpoint))
         check_output_dir(args.checkpoint_dir)
-        check_output_dir(args.log_dir)
+        check_output_dir(args.log_dir, own_files=LOG_FILES)
     # Imported only now: Catalyst takes a second or two to import, bad input fails without it.
     from runner import evaluate, train
 

@@ -53,6 +53,9 @@ def replace_npy(work, name, array, **kwargs):
     (("--output_dir", "afile/sub"), ("afile/sub",)),
     (("--output_dir", "afile"), ("afile",)),
     (("--output_dir", "/proc/data"), ("/proc/data",)),
+    (("--output_dir", "/sys/kernel"), ("/sys/kernel", "cannot")),
+    (("--seed", -1), ("--seed", "must be in [0, 4294967295]")),
+    (("--seed", 2 ** 32), ("--seed", "must be in")),
 ])
 def test_generate_data_bad_flags(work, args, must_contain):
     check_fails(work, "generate_data.py", ("--output_dir", "data") + args, *must_contain)
@@ -165,3 +168,13 @@ def test_checkpoint_path_that_is_a_folder(work):
     os.remove(str(work / "checkpoints" / "ffn_state_dict.pth"))
     (work / "checkpoints" / "ffn_state_dict.pth").mkdir()
     check_fails(work, "run.py", ("--train",) + GOOD_FLAGS, "ffn_state_dict.pth", "folder")
+
+
+def test_log_folder_holding_other_files(work):
+    """The logs replace --log_dir whole when training ends: a folder of other files is refused."""
+    check_fails(work, "run.py", ("--train", "--log_dir", "data") + GOOD_FLAGS, "data", "holds files",
+                "train.npy")
+
+
+def test_seed_out_of_numpy_range(work):
+    check_fails(work, "run.py", ("--train", "--seed", -5) + GOOD_FLAGS, "--seed")

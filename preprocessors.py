@@ -22,8 +22,13 @@ class NpyDataset(Dataset):
             else:  # "first": the first rows in order, as the quantizer's calibration needs
                 rows = rows[:subset_len]
         self.path = path
-        self.features = torch.from_numpy(np.ascontiguousarray(rows[:, :-1], dtype=np.float32))
-        self.targets = torch.from_numpy(np.ascontiguousarray(rows[:, -1], dtype=np.float32))
+        with np.errstate(over="ignore"):
+            rows = rows.astype(np.float32)
+        if not np.isfinite(rows).all():   # finite in float64, beyond float32 (about 3.4e38)
+            raise InputError("{}: holds values beyond the float32 range (first in row {})".format(
+                path, int(np.argwhere(~np.isfinite(rows))[0][0])))
+        self.features = torch.from_numpy(np.ascontiguousarray(rows[:, :-1]))
+        self.targets = torch.from_numpy(np.ascontiguousarray(rows[:, -1]))
 
     def __len__(self):
         return len(self.targets)

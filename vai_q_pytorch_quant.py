@@ -17,7 +17,8 @@ import sys
 import torch
 from tqdm import tqdm
 
-from checked_io import ArgumentParser, InputError, cli, positive_int, save_npy, uninterrupted
+from checked_io import (ArgumentParser, InputError, check_output_dir, cli, npy_path, positive_int, save_npy, seed,
+                        uninterrupted)
 from losses import regression_metrics
 from model import FFN
 from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
@@ -42,12 +43,12 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="quantize_result")
     parser.add_argument("--backend", default="auto", choices=["auto", "nndct", "builtin"],
                         help="auto: pytorch_nndct if importable, else the built-in quantizer")
-    parser.add_argument("--save_outputs", metavar="FILE.npy", help="float/test mode: save the model's outputs "
-                        "on the rows, float32 (n, 1)")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--save_outputs", type=npy_path, metavar="FILE.npy",
+                        help="float/test mode: save the model's outputs on the rows, float32 (n, 1)")
+    parser.add_argument("--seed", type=seed, default=42)
     args, rest = parser.parse_known_args(argv)
     from vaiq.options import split_nndct_args
-    nndct_args, unknown = split_nndct_args(rest)
+    _, unknown = split_nndct_args(rest)
     if unknown:
         parser.error("unrecognized arguments: {}".format(" ".join(unknown)))
     return args
@@ -94,10 +95,24 @@ def print_metrics(columns):
         print("{:>6} ".format(metric) + " ".join("{:>14.6e}".format(m[metric]) for m in columns.values()))
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def check_flags(args):
+    """Refuse flags that the mode would ignore, and unwritable outputs, before any work."""
     if args.deploy and args.quant_mode != "test":
         raise InputError("--deploy needs --quant_mode test (run --quant_mode calib first)")
+    if args.fast_finetune and args.quant_mode == "float":
+        raise InputError("--fast_finetune needs --quant_mode calib or test")
+    if args.save_outputs and args.quant_mode == "calib":
+        raise InputError("--save_outputs needs --quant_mode float or test (calibration changes the model "
+                         "batch by batch)")
+    if args.quant_mode == "calib" or args.deploy:
+        check_output_dir(args.output_dir)
+    if args.save_outputs:
+        check_output_dir(os.path.dirname(args.save_outputs) or ".")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_flags(args)
     set_seed(args.seed)
     backend, torch_quantizer = load_backend(args.backend)
     model_path = checkpoint_path(args.checkpoint_dir, args.model_name)
@@ -114,11 +129,14 @@ def main(argv=None):
         print("float: {}: mse {:.6e}".format(rows, float_metrics["mse"]))
         return 0
 
-    # The trace input only fixes shapes; its batch is the xmodel's batch.
-    trace_input = torch.randn(args.batch_size, args.input_size)
-    quantizer = torch_quantizer(args.quant_mode, model, (trace_input,), output_dir=args.output_dir, device=DEVICE)
     if args.quant_mode == "calib":
-        predict(quantizer.quant_model, loader, "calib")
+        # The trace input only fixes shapes; its batch is the xmodel's batch.
+        trace_input = torch.randn(args.batch_size, args.input_size)
+        quantizer = torch_quantizer("calib", model, (trace_input,), output_dir=args.output_dir, device=DEVICE)
+        calib_outputs, targets = predict(quantizer.quant_model, loader, "calib")
+        if args.evaluate:   # as the original: the int8 model while it is being calibrated
+            print_metrics({"float": regression_metrics(predict(model, loader, "float")[0], targets),
+                           "int8 (calib)": regression_metrics(calib_outputs, targets)})
         if args.fast_finetune:
             quantizer.fast_finetune(loss_on, (quantizer.quant_model, loader))
         with uninterrupted():
@@ -128,15 +146,16 @@ def main(argv=None):
         print("calib ({}): {} in {} batches -> {}".format(backend, rows, len(loader), args.output_dir))
         return 0
 
-    if args.fast_finetune:
-        quantizer.load_ft_param()
-    if args.evaluate or args.save_outputs:
+    if args.evaluate or args.save_outputs or not args.deploy:
+        trace_input = torch.randn(args.batch_size, args.input_size)
+        quantizer = torch_quantizer("test", model, (trace_input,), output_dir=args.output_dir, device=DEVICE)
+        if args.fast_finetune:
+            quantizer.load_ft_param()
         quant_outputs, targets = predict(quantizer.quant_model, loader, "test")
         save_outputs(args.save_outputs, quant_outputs)
-    if args.evaluate:
-        float_outputs, _ = predict(model, loader, "float")
-        print_metrics({"float": regression_metrics(float_outputs, targets),
-                       "int8": regression_metrics(quant_outputs, targets)})
+        if args.evaluate:
+            print_metrics({"float": regression_metrics(predict(model, loader, "float")[0], targets),
+                           "int8": regression_metrics(quant_outputs, targets)})
     if args.deploy:
         deploy(torch_quantizer, model, loader, args)
     print("test ({}): {}{}".format(backend, rows, " -> deployed to " + args.output_dir if args.deploy else ""))

@@ -74,7 +74,6 @@ def test_auto_backend_uses_pytorch_nndct_with_the_api_of_the_real_one(nndct_env)
     log.unlink()
     quant(work, "--quant_mode", "test", "--deploy")
     assert calls(log) == [
-        ["torch_quantizer", "test", "(64, 2)", "quantize_result", "8", ""],
         ["torch_quantizer", "test", "(1, 2)", "quantize_result", "8", ""],   # deploy: batch 1
         ["export_xmodel", "[('deploy_check', True), ('output_dir', 'quantize_result')]"],
         ["export_torch_script", "[('output_dir', 'quantize_result')]"],

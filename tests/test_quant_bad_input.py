@@ -175,3 +175,55 @@ def test_nndct_option_turns_bias_correction_off(work):
                                          "quant_info.json")))
     assert info["param"] == golden["param"] and info["output"] == golden["output"]
 
+
+
+@pytest.mark.parametrize("args, must_contain", [
+    (("--quant_mode", "test", "--save_outputs", "out.txt"), ("--save_outputs", "out.txt", ".npy")),
+    (("--quant_mode", "calib", "--save_outputs", "out.npy"), ("--save_outputs needs --quant_mode float or test",)),
+    (("--quant_mode", "float", "--fast_finetune"), ("--fast_finetune needs --quant_mode calib or test",)),
+    (("--quant_mode", "calib", "--seed", "-1"), ("--seed",)),
+    (("--quant_mode", "calib", "--output_dir", "/sys/kernel/q"), ("/sys/kernel/q", "cannot create")),
+])
+def test_flags_the_mode_would_ignore_or_cannot_write(work, args, must_contain):
+    assert_refused(work, args, *must_contain)
+
+
+def test_calibration_data_beyond_float32(work):
+    rows = np.load(os.path.join(P1, "calib.npy"))
+    rows[4, 0] = 1e300     # finite in the float64 file, infinite as the model's float32
+    assert_refused(work, write_calib(work, rows), "bad.npy", "beyond the float32 range", "row 4")
+
+
+def test_calibration_that_needs_positions_beyond_the_file_limits_writes_nothing(work):
+    rows = np.load(os.path.join(P1, "calib.npy"))
+    rows[:, :2] *= 1e30
+    assert_refused(work, write_calib(work, rows), "quant_info.json", "outside [-64, 64]")
+
+
+def test_calibration_of_tiny_values_caps_the_positions(work):
+    rows = np.load(os.path.join(P1, "calib.npy"))
+    rows[:, :2] *= 1e-42   # below 2^-128: every candidate position is past the cap of 12
+    result = quant(work, *write_calib(work, rows))
+    assert result.returncode == 0, result.stderr
+    info = json.loads((work / "quantize_result" / "quant_info.json").read_text())
+    assert info["output"]["FFN::nndct_input_0"] == [[8, 12]]
+
+
+def test_linear_without_bias_is_refused():
+    from checked_io import InputError
+    from vaiq.trace import trace_chain
+    with pytest.raises(InputError, match="l2 is an nn.Linear without bias"):
+        trace_chain(_no_bias_model())
+
+
+def _no_bias_model():
+    import torch.nn as nn
+
+    class NoBias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(2, 3), nn.Linear(3, 1, bias=False)
+
+        def forward(self, x):
+            return self.l2(self.l1(x).relu())
+    return NoBias()

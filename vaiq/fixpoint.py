@@ -7,8 +7,10 @@ Parameters round half away from zero, activations round half up (DPU_ROUND).
 import numpy as np
 import torch
 
-BIT_WIDTH = 8
-Q_MIN, Q_MAX = -(2 ** (BIT_WIDTH - 1)), 2 ** (BIT_WIDTH - 1) - 1
+from checked_io import InputError
+
+from .int_model import Q_MAX, Q_MIN
+
 MAX_FIX_POS = 12          # cap for 8-bit tensors
 ALL_ZERO_FIX_POS = 18     # base position when the tensor has no range
 PARAM_SCOPE = 5           # candidates tried for parameters and layer outputs
@@ -47,18 +49,24 @@ def fake_quantize(x, fp, mode):
     return quantize(x, fp, mode) * (2.0 ** -fp)
 
 
-def fix_position(x, scope, mode):
+def fix_position(x, scope, mode, name="a tensor"):
     """The "diffs" search: the position, among `scope` candidates from the one
     that just covers x's range, with the smallest float32 sum of squared errors
     (the first one on ties), capped at MAX_FIX_POS."""
     x = x.detach().float()
     x_min = np.float32(x.min().item())
     x_max = np.float32(x.max().item())
+    if not (np.isfinite(x_min) and np.isfinite(x_max)):
+        raise InputError("{} holds values beyond the float32 range (or NaN); it cannot be quantized".format(name))
     step = max(x_min / np.float32(Q_MIN - 0.5), x_max / np.float32(Q_MAX + 0.5))
-    if step > 0:
-        base = int(np.floor(np.log2(np.float32(1.0) / step)))
-    else:
+    if not step > 0:
         base = ALL_ZERO_FIX_POS
+    else:
+        with np.errstate(over="ignore"):
+            inverse = np.float32(1.0) / step
+        if not np.isfinite(inverse):
+            return MAX_FIX_POS     # a range below 2^-128: every candidate is past the cap
+        base = int(np.floor(np.log2(inverse)))
     best, best_sse = base, None
     for fp in range(base, base + scope):
         sse = torch.sum((x - fake_quantize(x, fp, mode)) ** 2).item()

@@ -13,8 +13,7 @@ import torch
 
 from checked_io import InputError, load_torch_file, torch_save, write_text
 
-from .fixpoint import BIT_WIDTH
-from .int_model import FIX_POINT_LIMIT
+from .int_model import BIT_WIDTH, FIX_POINT_LIMIT
 
 QUANT_INFO = "quant_info.json"
 BIAS_CORR = "bias_corr.pth"
@@ -66,11 +65,14 @@ def format_quant_info(chain, positions, bias_corrected, fast_finetuned=False):
 def write_quant_info(output_dir, chain, positions, bias_corr=None, ft_params=None):
     """quant_info.json, with bias_corr.pth when bias correction ran and param.pth
     ({layer: (weight, bias)}) after fast finetune; stale ones are removed."""
+    for section in ("param", "output"):   # checked before anything is written
+        for key, fp in positions[section].items():
+            check_range(os.path.join(output_dir, QUANT_INFO), key, fp)
     for name, content in ((BIAS_CORR, bias_corr), (FT_PARAMS, _state_dict(ft_params))):
         path = os.path.join(output_dir, name)
         if content is not None:
             torch_save(content, path)
-        elif os.path.exists(path):
+        elif os.path.isfile(path):
             os.remove(path)
     write_text(os.path.join(output_dir, QUANT_INFO),
                format_quant_info(chain, positions, bias_corr is not None, ft_params is not None))
@@ -117,10 +119,14 @@ def _position(path, key, value):
         raise QuantInfoError("{}: {} has {!r}, expected [[bit_width, fix_position]]".format(path, key, value))
     if value[0] != BIT_WIDTH:
         raise QuantInfoError("{}: {} has bit width {}, the built-in quantizer uses {}".format(path, key, value[0], BIT_WIDTH))
-    if abs(value[1]) > FIX_POINT_LIMIT:   # as the xmodel reader; far beyond would overflow the scales
-        raise QuantInfoError("{}: {} has fix position {}, outside [-{limit}, {limit}]".format(
-            path, key, value[1], limit=FIX_POINT_LIMIT))
+    check_range(path, key, value[1])
     return value[1]
+
+
+def check_range(path, key, fp):
+    if abs(fp) > FIX_POINT_LIMIT:   # as the xmodel reader; far beyond would overflow the scales
+        raise QuantInfoError("{}: {} has fix position {}, outside [-{limit}, {limit}]; its values are out of "
+                             "reach of int8".format(path, key, fp, limit=FIX_POINT_LIMIT))
 
 
 def _match(path, section, found, expected, by_position):

@@ -8,6 +8,7 @@ quant_info.json, parameters quantized once, no history, no correction.
 A Linear followed by a ReLU is one DPU op: the ReLU's output carries the
 quantization and the Linear's own output is left as is.
 """
+import collections
 import copy
 
 import torch
@@ -33,8 +34,9 @@ def quantized_network(x, params, chain, positions, quantize):
 
 
 def history_mode(history):
-    """The most frequent value; the smallest among equally frequent ones."""
-    return min(set(history), key=lambda value: (-history.count(value), value))
+    """The most frequent value of a list or Counter; the smallest among equally frequent ones."""
+    counts = collections.Counter(history)
+    return min(counts, key=lambda value: (-counts[value], value))
 
 
 class QuantModel(nn.Module):
@@ -43,7 +45,7 @@ class QuantModel(nn.Module):
         self.chain = chain
         self.calib = calib
         self.positions = positions if positions is not None else {"param": {}, "output": {}}
-        self.history = {key: [] for key in chain.activation_tensors()}
+        self.history = {key: collections.Counter() for key in chain.activation_tensors()}
         # Float parameters, kept apart from the caller's model (it stays unchanged).
         self.linears = nn.ModuleList(copy.deepcopy(layer.linear) for layer in chain.layers)
         for linear in self.linears:
@@ -65,7 +67,7 @@ class QuantModel(nn.Module):
         param = self.positions["param"]
         for layer, linear in zip(self.chain.layers, self.linears):
             for key, tensor in ((layer.weight_key, linear.weight), (layer.bias_key, linear.bias)):
-                param[key] = fix_position(tensor, PARAM_SCOPE, HALF_AWAY)
+                param[key] = fix_position(tensor, PARAM_SCOPE, HALF_AWAY, key)
                 tensor.data = fake_quantize(tensor.data, param[key], HALF_AWAY)
         self.params_ready = True
 
@@ -89,7 +91,7 @@ class QuantModel(nn.Module):
         """Fake-quantize an activation; in calib mode its position is the mode of
         the per-batch history, this batch's candidate included."""
         if self.calib:
-            self.history[key].append(fix_position(x, scope, HALF_UP))
+            self.history[key][fix_position(x, scope, HALF_UP, key)] += 1
             self.positions["output"][key] = history_mode(self.history[key])
         x = fake_quantize(x, self.positions["output"][key], HALF_UP)
         self.record(key, x)
@@ -97,7 +99,7 @@ class QuantModel(nn.Module):
 
     def record(self, key, x):
         if self.dumps is not None:
-            self.dumps[key] = x.detach().clone()
+            self.dumps[key] = x.detach()   # no copy: nothing changes these tensors in place
 
     def forward(self, x):
         if self.capture is not None:

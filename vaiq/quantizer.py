@@ -9,7 +9,7 @@ import torch
 from checked_io import InputError
 
 from . import export, finetune
-from .fixpoint import BIT_WIDTH
+from .int_model import BIT_WIDTH
 from .legalize import check_positions, legalize
 from .options import parse_nndct_options
 from .quant_info import QUANT_INFO, read_bias_corr, read_ft_params, read_quant_info, write_quant_info
@@ -32,9 +32,8 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         self.output_dir = output_dir
         self.options = parse_nndct_options(sys.argv[1:])
         self.chain = trace_chain(module)
-        self.finetuned, self.ft_params = None, None
+        self.calibration_result, self.ft_params = None, None   # set by fast_finetune
         if quant_mode == "calib":
-            self.fast_finetuned = False
             self.quant_model = QuantModel(self.chain, calib=True, param_corr=self.options["nndct_param_corr"])
         else:
             positions, bias_corrected, self.fast_finetuned = read_quant_info(output_dir, self.chain)
@@ -61,7 +60,7 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         finetune) with positions legalized for the DPU; returns the legalization
         changes, one text each."""
         self._require("calib", "export_quant_config")
-        positions, bias_corr, changes = self.finetuned or self._calibration_result()
+        positions, bias_corr, changes = self.calibration_result or self._calibration_result()
         write_quant_info(self.output_dir, self.chain, positions, bias_corr, self.ft_params)
         return changes
 
@@ -84,12 +83,12 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         start = [(linear.weight.data.clone(), linear.bias.data.clone()) for linear in model.linears]
         tuned = finetune.fast_finetune(self.chain, positions, model.float_params, start, torch.cat(inputs))
         model.use_test_params(tuned)
-        for problem in check_positions(self.chain, positions):
+        for problem in check_positions(self.chain, positions):   # finetuning keeps positions: a guard
             raise InputError("fast_finetune: positions left the DPU ranges ({})".format(problem))
         loss_after = run_fn(*run_args)
         print("fast finetune: loss {:.6e} -> {:.6e}".format(float(loss_before), float(loss_after)))
         self.ft_params = {layer.name: (w, b) for layer, (w, b) in zip(self.chain.layers, tuned)}
-        self.finetuned = result
+        self.calibration_result = result
 
     def load_ft_param(self):
         """Test mode: use the parameters fast finetune saved (param.pth)."""

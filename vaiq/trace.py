@@ -111,7 +111,12 @@ def trace_chain(module):
     for previous, current in zip(ops, ops[1:]):
         if previous[0] == "relu" and current[0] == "relu":
             raise UnsupportedModelError("{}: two ReLUs in a row are not supported".format(net))
-    for previous, current in zip([o for o in ops if o[0] == "linear"], [o for o in ops if o[0] == "linear"][1:]):
+    linears = [op for op in ops if op[0] == "linear"]
+    for _, name, linear in linears:
+        if linear.bias is None:
+            raise UnsupportedModelError("{}: {} is an nn.Linear without bias; the DPU flow here needs a bias "
+                                        "(bias=True)".format(net, name))
+    for previous, current in zip(linears, linears[1:]):
         if previous[2].out_features != current[2].in_features:
             raise UnsupportedModelError("{}: {} gives {} features, {} takes {}".format(
                 net, previous[1], previous[2].out_features, current[1], current[2].in_features))

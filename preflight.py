@@ -21,9 +21,9 @@ exit code 2. The checks:
 import json
 import os
 
-from checked_io import ArgumentParser, InputError, cli, load_npy
-from simulate import dump_folder, mean_squared_error
-from vaiq import dpu, legalize
+from checked_io import ArgumentParser, InputError, cli
+from simulate import deploy_check, dump_folder, run_reference
+from vaiq import legalize
 from vaiq.xmodel import SUPPORTED_OP_TYPES, XmodelError, graph_to_model, read_graph
 
 ARCH_ROOT = "/opt/vitis_ai/compiler/arch"     # inside the Vitis AI docker
@@ -95,6 +95,8 @@ def read_arch(path):
         raise InputError("{}: cannot read ({})".format(path, e.strerror or e))
     except ValueError as e:     # JSONDecodeError, or bytes that are not text
         raise InputError("{}: not a JSON arch file ({})".format(path, e))
+    except RecursionError:      # arrays or objects nested deeper than Python's recursion limit
+        raise InputError("{}: not a JSON arch file (nested too deeply)".format(path))
     if not isinstance(arch, dict):
         raise InputError("{}: not a JSON arch file (expected an object)".format(path))
     target = str(arch.get("target", ""))
@@ -156,19 +158,12 @@ def check_shifts(report, path, model):
 
 def check_reference(report, path, model, data_path):
     try:
-        data = load_npy(data_path, n_columns=model.input_size + 1)
-    except InputError as e:
+        features, outputs, mse = run_reference(path, model, data_path)
+    except InputError as e:     # bad data, or positions too far apart for 64-bit integers
         report.fail(str(e))
         return
-    features, targets = data[:, :-1], data[:, -1]
-    try:
-        outputs = dpu.outputs(model, features)
-    except ValueError as e:     # positions too far apart for 64-bit integers
-        report.fail("{}: {}".format(path, e))
-        return
-    if outputs.shape[1] == 1:
-        report.ok("integer reference on {}: {} rows, MSE {!r}".format(
-            data_path, len(data), mean_squared_error(outputs, targets)))
+    if mse is not None:
+        report.ok("integer reference on {}: {} rows, MSE {!r}".format(data_path, len(features), mse))
     else:
         report.skip("MSE: the network has {} outputs, the data one target".format(outputs.shape[1]))
     check_deploy_dumps(report, path, model, features[0], data_path)
@@ -184,14 +179,11 @@ def check_deploy_dumps(report, path, model, deploy_row, data_path):
     except InputError as e:
         report.fail(str(e))
         return
-    checks = dpu.compare_dumps(dpu.deploy_dumps(model, deploy_row), folder)
-    bad = [check for check in checks if not check.ok]
+    checks, bad, differing_input = deploy_check(model, deploy_row, folder)
     # A differing input means the data is not the deploy data: nothing to compare then.
-    deploy_input = model.input_op_name + dpu.FIX_SUFFIX + ".bin"
-    differing_input = [check for check in bad if check.name == deploy_input]
-    if differing_input:
+    if differing_input is not None:
         report.skip("deploy check: row 0 of {} is not the deploy row ({})".format(
-            data_path, differing_input[0].describe()))
+            data_path, differing_input.describe()))
     elif bad:
         report.fail("{}: deploy check: {} of {} tensors differ from the integer reference, first {}".format(
             folder, len(bad), len(checks), bad[0].describe()))

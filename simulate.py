@@ -72,17 +72,41 @@ def mean_squared_error(outputs, targets):
     return float(np.mean((outputs[:, 0].astype(np.float64) - targets.astype(np.float64)) ** 2))
 
 
+def run_reference(path, model, data_path):
+    """The integer reference of the xmodel at `path` on a .npy of (rows, input_size + 1):
+    (features, float32 outputs, MSE against the last column, or None when the network has
+    more than one output). InputError for bad data, or for fix positions too far apart
+    for 64-bit integers."""
+    data = load_npy(data_path, n_columns=model.input_size + 1)
+    features, targets = data[:, :-1], data[:, -1]
+    try:
+        outputs = dpu.outputs(model, features)
+    except ValueError as e:
+        raise InputError("{}: {}".format(path, e))
+    mse = mean_squared_error(outputs, targets) if outputs.shape[1] == 1 else None
+    return features, outputs, mse
+
+
+def deploy_check(model, deploy_row, folder):
+    """The folder's dumps against the integer forward of the deploy row: (all DumpChecks,
+    those that differ, the check of the int8 input dump if it differs, else None).
+    A differing input means the row is not the one of the deploy run."""
+    checks = dpu.compare_dumps(dpu.deploy_dumps(model, deploy_row), folder)
+    bad = [check for check in checks if not check.ok]
+    input_dump = model.input_op_name + dpu.FIX_SUFFIX + ".bin"
+    differing_input = next((check for check in bad if check.name == input_dump), None)
+    return checks, bad, differing_input
+
+
 def check_dumps(model, x_row0, folder):
     """Print one line per dumped tensor; return (all match, text for the summary line)."""
-    checks = dpu.compare_dumps(dpu.deploy_dumps(model, x_row0), folder)
+    checks, bad, differing_input = deploy_check(model, x_row0, folder)
     for check in checks:
         print("  " + check.describe())
-    bad = [c for c in checks if not c.ok]
     if not bad:
         return True, "deploy check: all {} tensors match".format(len(checks))
     text = "deploy check: {} of {} tensors differ".format(len(bad), len(checks))
-    input_dumps = {model.input_op_name + ".bin", model.input_op_name + dpu.FIX_SUFFIX + ".bin"}
-    if any(c.name in input_dumps for c in bad):
+    if differing_input is not None:
         text += " (the input differs: is row 0 of the data the deploy row?)"
     return False, text
 
@@ -95,14 +119,9 @@ def main():
     if args.input_size is not None and args.input_size != model.input_size:
         raise InputError("{}: takes {} inputs, but --input_size is {}".format(
             args.xmodel, model.input_size, args.input_size))
-    data = load_npy(args.data, n_columns=model.input_size + 1)
     folder = dump_folder(args.check, model.net_name) if args.check else None
-    features, targets = data[:, :-1], data[:, -1]
-    try:
-        outputs = dpu.outputs(model, features)
-    except ValueError as e:
-        raise InputError("{}: {}".format(args.xmodel, e))
-    summary = ["{} rows".format(len(data)), "MSE {!r}".format(mean_squared_error(outputs, targets))]
+    features, outputs, mse = run_reference(args.xmodel, model, args.data)
+    summary = ["{} rows".format(len(features)), "MSE {!r}".format(mse)]
     if args.output is not None:
         save_npy(args.output, outputs)
         summary.append("outputs in {}".format(args.output))

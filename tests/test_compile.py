@@ -238,6 +238,16 @@ def test_missing_arch_file(project):
                    str(arch), "arch file not found")
 
 
+@pytest.mark.parametrize("text", ["[" * 100000, '{"target":' * 50000])
+def test_deeply_nested_arch_file(project, text):
+    arch = project / "arch" / "nested.json"
+    arch.write_text(text)
+    assert_refused(run_compile(project, *compile_args(project, arch=arch), compiler="ok"),
+                   str(arch), "not a JSON arch file (nested too deeply)")
+    with pytest.raises(InputError, match=r"nested too deeply"):
+        preflight.read_arch(str(arch))
+
+
 @pytest.mark.parametrize("damage", ["truncated", "not protobuf"])
 def test_broken_xmodel(project, damage):
     xmodel = project / "broken.xmodel"

@@ -21,15 +21,13 @@ from typing import List
 
 import numpy as np
 
+# The DPU's tensors are int8: q in [Q_MIN, Q_MAX], defined once in int_model.py.
+from .int_model import Q_MAX, Q_MIN
 # shift_cut(i, w, o) = i + w - o: the right shift from the accumulator to the
 # output; shift_bias(i, w, b) = i + w - b: the left shift of the bias to the
 # accumulator, negative when the bias is finer. Defined once, with their DPU
 # ranges, in legalize.py; re-exported here for the DPU's callers.
 from .legalize import shift_bias, shift_cut  # noqa: F401
-
-# The DPU's tensors are int8.
-Q_MIN = int(np.iinfo(np.int8).min)
-Q_MAX = int(np.iinfo(np.int8).max)
 
 # Headroom kept below 2^63 so that sums and the rounding offset cannot overflow int64.
 INT64_SAFE = 2 ** 62
@@ -71,7 +69,11 @@ def quantize_input(x_float, fp):
 
 
 def dequantize(q, fp):
-    """float32 value q * 2^-fp (exact for int8 q at any sane position)."""
+    """The float32 values q * 2^-fp of integers q at fix position fp.
+
+    Exact for int8 q at |fp| <= FIX_POINT_LIMIT. An integer 0 gives +0.0,
+    never -0.0 (the quantizer stores +0.0).
+    """
     return np.ldexp(np.asarray(q, dtype=np.float64), -fp).astype(np.float32)
 
 

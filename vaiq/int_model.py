@@ -10,6 +10,10 @@ from typing import List, Optional
 
 import numpy as np
 
+# Every value is a signed BIT_WIDTH-bit integer q in [Q_MIN, Q_MAX].
+BIT_WIDTH = 8
+Q_MIN, Q_MAX = -(2 ** (BIT_WIDTH - 1)), 2 ** (BIT_WIDTH - 1) - 1
+
 # Positions beyond +-64 mean steps below 2^-64 or above 2^64, which no int8
 # network uses; the bound also keeps q * 2^-fp exact in float32.
 FIX_POINT_LIMIT = 64

@@ -15,8 +15,8 @@ import os
 import numpy as np
 
 from checked_io import InputError, write_bytes
-from vaiq import xmodel_pb2
-from vaiq.int_model import FIX_POINT_LIMIT, IntLayer, IntModel
+from vaiq import dpu, xmodel_pb2
+from vaiq.int_model import BIT_WIDTH, FIX_POINT_LIMIT, Q_MAX, Q_MIN, IntLayer, IntModel
 
 
 class XmodelError(InputError):
@@ -26,8 +26,6 @@ class XmodelError(InputError):
 MAX_FILE_BYTES = 64 * 1024 * 1024   # an FFN file is ~80 KB; refuse anything absurd before parsing
 FLOAT = 4                           # Tensor.data_type of every tensor before compilation
 FLOAT_BITS = 32
-BIT_WIDTH = 8
-INT8_MIN, INT8_MAX = -128, 127
 ROUND_MODE = "DPU_ROUND"
 SUPPORTED_OP_TYPES = ("data", "const", "fix", "matmul", "relu")
 # The attributes every fix op carries, with the AttrValue member XIR reads
@@ -40,16 +38,6 @@ FIX_ATTRS = (("fix_point", "int32_value"), ("bit_width", "int32_value"),
 def fix_name(op_name):
     """The fix op that follows `op_name`."""
     return op_name + "_fix"
-
-
-def grid_values(q, fp):
-    """The float32 values q * 2^-fp of int8 numbers q at fix position fp.
-
-    Exact in float32 for |fp| <= FIX_POINT_LIMIT. An integer 0 converts to
-    +0.0 and stays +0.0 when scaled, so -0.0 never appears (the quantizer
-    stores +0.0).
-    """
-    return np.asarray(q).astype(np.float32) * np.float32(2.0 ** -fp)
 
 
 # ---------------------------------------------------------------- writing
@@ -114,7 +102,7 @@ def _add_fix(graph, producer, shape, fp):
 
 def _add_const(graph, name, q, fp):
     shape = list(np.shape(q))
-    data = grid_values(q, fp).astype("<f4").tobytes()
+    data = dpu.dequantize(q, fp).astype("<f4").tobytes()
     _add_op(graph, name, "const", shape,
             {"shape": ("int32_vec_value", shape), "data_type": ("string_value", "float32"),
              "data": ("bytes_value", data)})
@@ -132,25 +120,16 @@ def _set_attr(attr, member, value):
 
 
 def _check_model(model):
-    """Refuse an IntModel that would give a file XIR rejects (a bug upstream, hence ValueError)."""
+    """Refuse an IntModel that would give a file XIR rejects (a bug upstream, hence ValueError):
+    the shapes and int8 values the DPU reference checks, then what only the file needs."""
+    dpu.check_model(model)
     fps = [model.fp_in]
-    width = model.input_size
     for layer in model.layers:
-        w, b = np.asarray(layer.weight), np.asarray(layer.bias)
-        if w.shape != (len(b), width):
-            raise ValueError("IntModel layer {}: weight shape {} and bias shape {}, expected [out, {}] and [out]"
-                             .format(layer.name, w.shape, b.shape, width))
-        for what, q in (("weight", w), ("bias", b)):
-            if q.dtype.kind not in "iu" or q.size and (q.min() < INT8_MIN or q.max() > INT8_MAX):
-                raise ValueError("IntModel layer {}: {} is not int8".format(layer.name, what))
         if layer.relu and not layer.relu_op_name:
-            raise ValueError("IntModel layer {}: relu without relu_op_name".format(layer.name))
+            raise ValueError("layer {}: relu without relu_op_name".format(layer.name))
         fps += [layer.fp_w, layer.fp_b, layer.fp_out]
-        width = len(b)
-    if not model.layers:
-        raise ValueError("IntModel has no layers")
     if any(abs(int(fp)) > FIX_POINT_LIMIT for fp in fps):
-        raise ValueError("IntModel: fix positions {} outside [-{limit}, {limit}]".format(fps, limit=FIX_POINT_LIMIT))
+        raise ValueError("fix positions {} outside [-{limit}, {limit}]".format(fps, limit=FIX_POINT_LIMIT))
 
 
 # ---------------------------------------------------------------- reading
@@ -426,7 +405,7 @@ class _GraphReader:
         if off_grid.any():
             raise self.error("const {}: value {} is not a multiple of 2^{} (off the grid of fix_point {})",
                              op.op_name, float(values[off_grid][0]), -fp, fp)
-        outside = (q < INT8_MIN) | (q > INT8_MAX)
+        outside = (q < Q_MIN) | (q > Q_MAX)
         if outside.any():
             raise self.error("const {}: value {} is outside int8 at fix_point {}",
                              op.op_name, float(values[outside][0]), fp)

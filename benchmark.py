@@ -29,6 +29,7 @@ from model import FFN
 from preprocessors import make_dataloader
 from runner import evaluate, train
 from set_seed import DEVICE, set_seed
+from vaiq.quantizer import torch_quantizer
 
 MAX_OVERHEAD = 2.0  # Catalyst training time / plain loop time that is still acceptable
 
@@ -105,8 +106,7 @@ def stage_evaluate(args, data_dir, state_dict):
 
 def stage_quantizer(mode, model, data_dir, batch_size, output_dir):
     """The quantizer's own work in one mode: build it on the model, run every batch,
-    export (calib); what a script spends beyond its start-up."""
-    from vaiq import torch_quantizer
+    export (calib); what a script spends beyond its start-up (imports excluded)."""
     loader = make_dataloader(data_dir, "test.npy", False, batch_size, input_size=model.l1.in_features)
     quantizer = torch_quantizer(mode, model, (torch.randn(batch_size, model.l1.in_features),),
                                 output_dir=output_dir)

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from checked_io import ArgumentParser, atomic_path, cli, positive_int
+from checked_io import ArgumentParser, InputError, atomic_path, check_output_dir, cli, positive_int
 from losses import regression_metrics
 from model import FFN
 from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
@@ -118,6 +118,9 @@ def main():
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--plot", default=os.path.join("benchmark_results", "quant_quality.png"))
     args = parser.parse_args()
+    if os.path.isdir(args.plot):
+        raise InputError("{}: is a folder, --plot needs a .png file name".format(args.plot))
+    check_output_dir(os.path.dirname(args.plot) or ".")
 
     set_seed(42)
     model = load_from_state_dict(FFN(args.input_size), checkpoint_path(args.checkpoint_dir, args.model_name)).eval()

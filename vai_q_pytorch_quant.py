@@ -12,7 +12,6 @@ imported; elsewhere the built-in one (package vaiq) computes the same bit for bi
 Options --nndct_* (e.g. --nndct_param_corr False) go to the quantizer.
 """
 import os
-import sys
 
 import torch
 from tqdm import tqdm

@@ -1,6 +1,8 @@
-"""Loss of the regression: mean squared error on flattened outputs."""
+"""Loss and metrics of the regression: mean squared error on flattened outputs, r^2."""
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 
 class MSE(nn.Module):
@@ -16,3 +18,13 @@ def regression_metrics(outputs, targets):
     ss_res = ((outputs - targets) ** 2).sum().item()
     ss_tot = ((targets - targets.mean()) ** 2).sum().item()
     return {"mse": ss_res / len(targets), "r^2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")}
+
+
+def predict(model, loader, desc=None):
+    """(outputs, targets) of the model over every row of the loader, in order."""
+    outputs, targets = [], []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False):
+            outputs.append(model(batch["features"]))
+            targets.append(batch["targets"])
+    return torch.cat(outputs), torch.cat(targets)

@@ -6,6 +6,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from checked_io import InputError, load_npy, load_torch_file, require_dir
+from model import FFN
+from set_seed import DEVICE
 
 
 class NpyDataset(Dataset):
@@ -63,6 +65,11 @@ def checkpoint_path(checkpoint_dir, model_name):
     if os.path.exists(model_name) or os.path.dirname(model_name):
         return model_name
     return os.path.join(checkpoint_dir, model_name)
+
+
+def load_ffn(checkpoint_dir, model_name, input_size):
+    """The float FFN of a checkpoint, ready to evaluate."""
+    return load_from_state_dict(FFN(input_size), checkpoint_path(checkpoint_dir, model_name)).to(DEVICE).eval()
 
 
 def load_from_state_dict(model, path):

@@ -16,8 +16,7 @@ import torch
 
 from checked_io import ArgumentParser, InputError, atomic_path, check_output_dir, cli, positive_int
 from losses import regression_metrics
-from model import FFN
-from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
+from preprocessors import load_ffn, make_dataloader
 from set_seed import set_seed
 from vaiq import torch_quantizer
 from vaiq.legalize import legalize
@@ -123,7 +122,7 @@ def main():
     check_output_dir(os.path.dirname(args.plot) or ".")
 
     set_seed(42)
-    model = load_from_state_dict(FFN(args.input_size), checkpoint_path(args.checkpoint_dir, args.model_name)).eval()
+    model = load_ffn(args.checkpoint_dir, args.model_name, args.input_size)
     data = {}
     for name, file in (("calib", args.calib_data), ("heldout", args.heldout_data)):
         dataset = make_dataloader(args.data_dir, file, False, 1, input_size=args.input_size).dataset

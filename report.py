@@ -30,12 +30,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from checked_io import (ArgumentParser, InputError, atomic_path, check_output_dir, cli, positive_int,  # noqa: E402
                         require_file)
-from losses import regression_metrics  # noqa: E402
+from losses import predict, regression_metrics  # noqa: E402
 from model import FFN  # noqa: E402
-from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader  # noqa: E402
-from set_seed import DEVICE  # noqa: E402
+from preprocessors import checkpoint_path, load_ffn, make_dataloader  # noqa: E402
 from simulate import load_model  # noqa: E402
-from vai_q_pytorch_quant import predict  # noqa: E402
 from vaiq import dpu  # noqa: E402
 from vaiq.legalize import (SHIFT_BIAS_MAX, SHIFT_CUT_MAX, SHIFT_CUT_MIN, check_layer,  # noqa: E402
                            shift_bias, shift_bias_min, shift_cut)
@@ -269,7 +267,7 @@ def main(argv=None):
     # Everything is read and checked before anything is written.
     int_model, paths["xmodel"] = load_int8_model(args.quant_dir, args.input_size)
     loader = make_dataloader(args.data_dir, args.eval_data, False, BATCH_SIZE, input_size=args.input_size)
-    model = load_from_state_dict(FFN(args.input_size), paths["checkpoint"]).to(DEVICE).eval()
+    model = load_ffn(args.checkpoint_dir, args.model_name, args.input_size)
     logs, log_notes = read_logs(args.log_dir)
 
     float_out, targets = predict(model, loader, "float")

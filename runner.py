@@ -20,7 +20,7 @@ import torch
 from catalyst import dl
 
 from checked_io import InputError, atomic_path
-from losses import MSE, regression_metrics
+from losses import MSE, predict, regression_metrics
 
 # What `train` returns: the weights of the best epoch, its number and validation loss.
 Best = collections.namedtuple("Best", ["state_dict", "epoch", "valid_loss"])
@@ -122,12 +122,7 @@ def _run(runner, model, train_loader, valid_loader, log_dir, hparams, seed, n_ep
     )
 
 
-@torch.no_grad()
 def evaluate(model, loader):
     """{'mse': ..., 'r^2': ...} of `model` over every row of `loader`."""
     model.eval()
-    outputs, targets = [], []
-    for batch in loader:
-        outputs.append(model(batch["features"]))
-        targets.append(batch["targets"])
-    return regression_metrics(torch.cat(outputs), torch.cat(targets))
+    return regression_metrics(*predict(model, loader))

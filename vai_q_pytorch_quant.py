@@ -14,13 +14,11 @@ Options --nndct_* (e.g. --nndct_param_corr False) go to the quantizer.
 import os
 
 import torch
-from tqdm import tqdm
 
 from checked_io import (ArgumentParser, InputError, check_output_dir, cli, npy_path, positive_int, save_npy, seed,
                         uninterrupted)
-from losses import regression_metrics
-from model import FFN
-from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
+from losses import predict, regression_metrics
+from preprocessors import load_ffn, make_dataloader
 from set_seed import DEVICE, set_seed
 
 
@@ -67,16 +65,6 @@ def load_backend(name):
     return "builtin", torch_quantizer
 
 
-def predict(model, loader, desc):
-    """(outputs, targets) of the model over the loader, in order."""
-    outputs, targets = [], []
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False):
-            outputs.append(model(batch["features"].to(DEVICE)).cpu())
-            targets.append(batch["targets"])
-    return torch.cat(outputs), torch.cat(targets)
-
-
 def save_outputs(path, outputs):
     if path:
         save_npy(path, outputs.numpy().astype("float32").reshape(-1, 1))
@@ -114,8 +102,7 @@ def main(argv=None):
     check_flags(args)
     set_seed(args.seed)
     backend, torch_quantizer = load_backend(args.backend)
-    model_path = checkpoint_path(args.checkpoint_dir, args.model_name)
-    model = load_from_state_dict(FFN(args.input_size), model_path).to(DEVICE).eval()
+    model = load_ffn(args.checkpoint_dir, args.model_name, args.input_size)
     loader = make_dataloader(args.data_dir, args.calib_data, False, args.batch_size, args.subset_len,
                              input_size=args.input_size)
     rows = "{} rows of {}".format(len(loader.dataset), loader.dataset.path)

@@ -213,7 +213,7 @@ def layer_table(int_model):
         cut, bias = shift_cut(i, layer.fp_w, layer.fp_out), shift_bias(i, layer.fp_w, layer.fp_b)
         problems = check_layer(i, layer.fp_w, layer.fp_b, layer.fp_out)
         n_bad += bool(problems)
-        rows.append([layer.name, "yes" if layer.relu else "no", i, layer.fp_w, layer.fp_b, layer.fp_out,
+        rows.append([layer.name, layer.activation or "none", i, layer.fp_w, layer.fp_b, layer.fp_out,
                      cut, "{}..{}".format(SHIFT_CUT_MIN, SHIFT_CUT_MAX),
                      bias, "{}..{}".format(shift_bias_min(cut), SHIFT_BIAS_MAX),
                      "out of range: " + "; ".join(problems) if problems else "ok"])

@@ -50,8 +50,8 @@ def golden_int_model(case):
             name=name, weight=fix(weight_op).reshape(widths[k + 1], widths[k]), bias=fix(bias_op),
             fp_w=position("param", "FFN::{}.weight".format(name)),
             fp_b=position("param", "FFN::{}.bias".format(name)),
-            fp_out=position("output", output), relu=relu_op is not None, op_name=op,
-            relu_op_name=relu_op, weight_op_name=weight_op, bias_op_name=bias_op))
+            fp_out=position("output", output), activation="relu" if relu_op else None, op_name=op,
+            activation_op_name=relu_op, weight_op_name=weight_op, bias_op_name=bias_op))
     return IntModel(net_name="FFN", input_op_name="FFN__input_0", input_size=n,
                     fp_in=position("output", "FFN::nndct_input_0"), layers=layers)
 
@@ -131,7 +131,7 @@ def reference(model, x_float):
                 + Fraction(int(bq)) * Fraction(2) ** -layer.fp_b
                 for w_row, bq in zip(layer.weight, layer.bias)] for row in h]
         out = [[round_half_up(v * Fraction(2) ** layer.fp_out) for v in row] for row in pre]
-        h = [[clamp8(max(q, 0) if layer.relu else q) for q in row] for row in out]
+        h = [[clamp8(max(q, 0) if layer.activation else q) for q in row] for row in out]
         pres.append(pre)
     return h, pres
 
@@ -144,7 +144,7 @@ def exact_pre(trace_layer):
 def one_layer_model(weight, bias, fp_in, fp_w, fp_b, fp_out, relu=False):
     weight = np.asarray(weight, dtype=np.int8)
     layer = IntLayer(name="l1", weight=weight, bias=np.asarray(bias, dtype=np.int8), fp_w=fp_w,
-                     fp_b=fp_b, fp_out=fp_out, relu=relu, op_name="N__l1")
+                     fp_b=fp_b, fp_out=fp_out, activation="relu" if relu else None, op_name="N__l1")
     return IntModel(net_name="N", input_op_name="N__input_0", input_size=weight.shape[1],
                     fp_in=fp_in, layers=[layer])
 
@@ -158,7 +158,7 @@ def random_model(rng):
             weight=rng.integers(-128, 128, size=(sizes[k + 1], sizes[k])).astype(np.int8),
             bias=rng.integers(-128, 128, size=sizes[k + 1]).astype(np.int8),
             fp_w=int(rng.integers(-2, 11)), fp_b=int(rng.integers(-2, 16)),
-            fp_out=int(rng.integers(-3, 12)), relu=bool(rng.integers(0, 2)),
+            fp_out=int(rng.integers(-3, 12)), activation="relu" if rng.integers(0, 2) else None,
             op_name="N__l{}".format(k + 1)))
     return IntModel(net_name="N", input_op_name="N__input_0", input_size=sizes[0],
                     fp_in=int(rng.integers(-2, 9)), layers=layers)

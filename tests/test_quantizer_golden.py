@@ -13,8 +13,9 @@ import torch
 import vai_q_pytorch_quant
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
-CASES = sorted(os.listdir(GOLDEN)) if os.path.isdir(GOLDEN) else []
-CASES = [c for c in CASES if os.path.isdir(os.path.join(GOLDEN, c))]
+# The FFN cases p1, p2, ...: every folder with a case.json directly inside (layers/ holds
+# the FFN variants, compiled/ the partitioned xmodels).
+CASES = sorted(c for c in os.listdir(GOLDEN) if os.path.isfile(os.path.join(GOLDEN, c, "case.json")))
 
 
 def run_quant(monkeypatch, case, out_dir, *args):

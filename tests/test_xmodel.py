@@ -62,8 +62,8 @@ def golden_model(case):
         layers.append(IntLayer(
             name=name, weight=int8(weight_op, (widths[i + 1], widths[i])), bias=int8(bias_op, (widths[i + 1],)),
             fp_w=position("param", "FFN::{}.weight".format(name)), fp_b=position("param", "FFN::{}.bias".format(name)),
-            fp_out=position("output", out_node), relu=relu_op_name is not None, op_name=op_name,
-            relu_op_name=relu_op_name, weight_op_name=weight_op, bias_op_name=bias_op))
+            fp_out=position("output", out_node), activation="relu" if relu_op_name else None, op_name=op_name,
+            activation_op_name=relu_op_name, weight_op_name=weight_op, bias_op_name=bias_op))
     return IntModel(net_name="FFN", input_op_name="FFN__input_0", input_size=n,
                     fp_in=position("output", INPUT_NODE), layers=layers)
 
@@ -183,8 +183,8 @@ def test_reads_release_1_3_names_and_return_ops(tmp_path):
     expected.input_op_name = "FFN__input"
     for layer in expected.layers:
         layer.op_name = RELEASE_1_3_NAMES[layer.op_name]
-        if layer.relu:
-            layer.relu_op_name = RELEASE_1_3_NAMES[layer.relu_op_name]
+        if layer.activation:
+            layer.activation_op_name = RELEASE_1_3_NAMES[layer.activation_op_name]
     assert model_dict(model) == model_dict(expected)
     assert [layer.name for layer in model.layers] == ["l1", "l2", "l3"]
 
@@ -432,7 +432,7 @@ def wrong_tensor(g):
 
 
 @pytest.mark.parametrize("change, message", [
-    (batch_2, "batch 2, the DPU compiles batch 1 only"),
+    (batch_2, "op FFN__input_0 has an output tensor of shape [1, 2], expected [2, 2]"),
     (no_fix_point, "op FFN__l1_weight_fix has no attribute fix_point"),
     (int64_fix_point, "op FFN__FFN_ret_3_fix: attribute fix_point is int64, expected int32"),
     (unknown_type, "op FFN__FFN_ret_3 has unsupported type 'sigmoid'"),

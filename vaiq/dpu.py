@@ -1,17 +1,19 @@
 """Integer reference of the DPU: an IntModel run in integer arithmetic only.
 
-Per layer (spec dpu.md, "What the DPU computes"), with i, w, b, o the input,
-weight, bias and output fix positions:
-  acc = x @ W^T                                 int, at position i + w
+Per layer (spec dpu.md, "What the DPU computes"; layers.md, "One rule for
+every new op"), with i, w, b, o the input, weight, bias and output fix positions:
+  acc = x @ W^T (matmul) or x * s per channel (scale)   int, at position i + w
   + the bias, exactly, at the finer of i + w and b
-  y = that sum scaled to position o, rounded once half up (.5 toward +inf),
-  then ReLU if fused, then saturated to int8.
+  the fused activation on that exact value (relu; leaky-relu: 26 * acc at 8 bits
+  finer below zero; relu6: clamp to [0, 6]),
+  y = the result scaled to position o, rounded once half up (.5 toward +inf),
+  then saturated to int8.
 The result equals exact rational arithmetic rounded once at the output
 position, which is what the quantizer's fake-quantized float forward and its
 deploy-check dumps hold. Everything is numpy int64; floats appear only where
 the float input is quantized and where values are reported.
 
-Also here: the deploy-check dumps of one row in the quantizer's file naming,
+Also here: the deploy-check dumps of the deploy forward in the quantizer's file naming,
 and their comparison with a `deploy_check_data_int/<Net>` folder.
 """
 import os
@@ -22,7 +24,8 @@ from typing import List
 import numpy as np
 
 # The DPU's tensors are int8: q in [Q_MIN, Q_MAX], defined once in int_model.py.
-from .int_model import Q_MAX, Q_MIN
+from .int_model import (ACTIVATIONS, LEAKY_RELU, LEAKY_RELU_ALPHA_NUM, LEAKY_RELU_ALPHA_SHIFT, MATMUL, Q_MAX, Q_MIN, RELU,
+                        RELU6, RELU6_MAX, SCALE)
 # shift_cut(i, w, o) = i + w - o: the right shift from the accumulator to the
 # output; shift_bias(i, w, b) = i + w - b: the left shift of the bias to the
 # accumulator, negative when the bias is finer. Defined once, with their DPU
@@ -93,7 +96,7 @@ class LayerTrace:
 def _check_fits(layer, n_in, acc_shift, bias_shift, cut):
     """Raise ValueError if the layer's positions would overflow int64."""
     bound = (n_in * (-Q_MIN) ** 2 << acc_shift) + ((-Q_MIN) << bias_shift)
-    bound = bound << max(0, -cut)
+    bound = bound << (max(0, -cut) + ACTIVATION_HEADROOM_BITS)
     if cut > 0:
         bound += 1 << (cut - 1)
     if bound >= INT64_SAFE:
@@ -102,8 +105,32 @@ def _check_fits(layer, n_in, acc_shift, bias_shift, cut):
                              layer.name, bound.bit_length()))
 
 
+# leaky-relu works LEAKY_RELU_ALPHA_SHIFT bits finer, relu6 at most 3 bits finer (6 = 3 * 2^1).
+ACTIVATION_HEADROOM_BITS = LEAKY_RELU_ALPHA_SHIFT
+
+
+def activate(num, pos, cut, activation):
+    """The fused activation on the exact value num * 2^-pos, which is then rounded by
+    `cut` bits; returns (numerator, cut) of the exact activated value, unrounded."""
+    if activation == RELU:
+        return np.maximum(num, 0), cut
+    if activation == LEAKY_RELU:
+        # alpha = 26 * 2^-8: the negative branch, 26 * num, is exact 8 bits finer.
+        s = LEAKY_RELU_ALPHA_SHIFT
+        return np.where(num < 0, num * LEAKY_RELU_ALPHA_NUM, num << s), cut + s
+    if activation == RELU6:
+        # 6 at position pos: 6 * 2^pos, an integer once pos >= -1.
+        extra = max(0, -1 - pos)
+        num, pos, cut = num << extra, pos + extra, cut + extra
+        six = RELU6_MAX << pos if pos >= 0 else RELU6_MAX >> -pos
+        return np.clip(num, 0, six), cut
+    if activation is None:
+        return num, cut
+    raise ValueError("unsupported activation {!r}".format(activation))
+
+
 def run_layer(x, layer, fp_in):
-    """One DPU layer on int64 input x [rows, in] at position fp_in."""
+    """One DPU op (matmul or scale, activation) on int64 input x [rows, in] at position fp_in."""
     weight = layer.weight.astype(np.int64)
     bias = layer.bias.astype(np.int64)
     s_bias = shift_bias(fp_in, layer.fp_w, layer.fp_b)
@@ -113,12 +140,11 @@ def run_layer(x, layer, fp_in):
     acc_shift, bias_shift = max(0, -s_bias), max(0, s_bias)
     pre_pos = fp_in + layer.fp_w + acc_shift
     cut = s_cut + acc_shift
-    _check_fits(layer, weight.shape[1], acc_shift, bias_shift, cut)
-    acc = x @ weight.T
+    _check_fits(layer, weight.shape[1] if layer.kind == MATMUL else 1, acc_shift, bias_shift, cut)
+    acc = x @ weight.T if layer.kind == MATMUL else x * weight
     pre_num = (acc << acc_shift) + (bias << bias_shift)
-    out = round_shift_half_up(pre_num, cut)
-    if layer.relu:
-        out = np.maximum(out, 0)
+    num, cut = activate(pre_num, pre_pos, cut, layer.activation)
+    out = round_shift_half_up(num, cut)
     return LayerTrace(pre_num=pre_num, pre_pos=pre_pos, out=saturate(out))
 
 
@@ -141,12 +167,21 @@ def check_model(model):
     n_in = model.input_size
     for layer in model.layers:
         weight, bias = np.asarray(layer.weight), np.asarray(layer.bias)
-        if weight.ndim != 2 or weight.shape[1] != n_in:
-            raise ValueError("layer {}: weight shape {} does not take {} inputs".format(
-                layer.name, weight.shape, n_in))
+        if layer.kind == MATMUL:
+            if weight.ndim != 2 or weight.shape[1] != n_in:
+                raise ValueError("layer {}: weight shape {} does not take {} inputs".format(
+                    layer.name, weight.shape, n_in))
+        elif layer.kind == SCALE:
+            if weight.shape != (n_in,):
+                raise ValueError("layer {}: scale shape {} does not match {} channels".format(
+                    layer.name, weight.shape, n_in))
+        else:
+            raise ValueError("layer {}: unsupported op {!r}".format(layer.name, layer.kind))
         if bias.shape != (weight.shape[0],):
             raise ValueError("layer {}: bias shape {} does not match {} outputs".format(
                 layer.name, bias.shape, weight.shape[0]))
+        if layer.activation not in (None,) + ACTIVATIONS:
+            raise ValueError("layer {}: unsupported activation {!r}".format(layer.name, layer.activation))
         for what, q in (("weight", weight), ("bias", bias)):
             if q.dtype.kind not in "iu" or (q.size and (q.min() < Q_MIN or q.max() > Q_MAX)):
                 raise ValueError("layer {}: {} is not int8".format(layer.name, what))
@@ -187,22 +222,28 @@ def _add_fix_pair(dumps, op_name, q, fp):
     dumps[op_name + FIX_SUFFIX + ".bin"] = np.asarray(q).astype(np.int8)
 
 
-def deploy_dumps(model, x_row):
-    """{file name: array} of one row's forward, named as `deploy_check_data_int/<Net>/`.
+def deploy_dumps(model, x_rows):
+    """{file name: array} of the deploy forward of `x_rows` (the model's batch of rows,
+    or one row), named as `deploy_check_data_int/<Net>/`.
 
-    The input and every parameter carry a fix pair; so does each layer's
-    output op (its ReLU if fused). A Linear followed by a ReLU has no fix of
-    its own: its NAME.bin is the float32 pre-activation value."""
-    x_row = np.asarray(x_row).reshape(1, -1)
-    trace = run(model, x_row)
+    The input and every parameter carry a fix pair; so does each op's output
+    (its activation's if fused). An op followed by an activation has no fix of
+    its own: its NAME.bin is the float32 pre-activation value. A scale op
+    (BatchNorm1d) also dumps its running mean and variance, zeros and ones:
+    the quantizer has moved them into the scale and offset."""
+    trace = run(model, np.atleast_2d(x_rows))
     dumps = OrderedDict()
     _add_fix_pair(dumps, model.input_op_name, trace.input, model.fp_in)
     # Parameters in the xmodel's order: last layer first, bias before weight.
     for layer in reversed(model.layers):
         _add_fix_pair(dumps, layer.bias_op_name, layer.bias, layer.fp_b)
         _add_fix_pair(dumps, layer.weight_op_name, layer.weight, layer.fp_w)
+        if layer.kind == SCALE:
+            stem = layer.weight_op_name[:-len("weight")]
+            dumps[stem + "running_mean.bin"] = np.zeros(len(layer.bias), np.float32)
+            dumps[stem + "running_var.bin"] = np.ones(len(layer.bias), np.float32)
     for layer, lt in zip(model.layers, trace.layers):
-        if layer.relu:
+        if layer.activation:
             dumps[layer.op_name + ".bin"] = lt.pre_value().astype(np.float32)
         _add_fix_pair(dumps, layer.output_op_name, lt.out, layer.fp_out)
     return dumps

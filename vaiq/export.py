@@ -14,7 +14,7 @@ import torch.nn as nn
 from checked_io import InputError, atomic_path
 
 from .fixpoint import HALF_AWAY, fake_quantize, quantize
-from .int_model import IntLayer, IntModel
+from .int_model import RELU, IntLayer, IntModel
 from .quant_model import quantized_network
 from .trace import op_name
 from .xmodel import write_xmodel
@@ -32,8 +32,9 @@ def int_model(quant_model):
             name=layer.name,
             weight=quantize(linear.weight.data, fp_w, HALF_AWAY).numpy().astype(np.int8),
             bias=quantize(linear.bias.data, fp_b, HALF_AWAY).numpy().astype(np.int8),
-            fp_w=fp_w, fp_b=fp_b, fp_out=positions["output"][layer.output_tensor], relu=layer.relu,
-            op_name=op_name(layer.traced), relu_op_name=op_name(layer.relu_traced) if layer.relu else None,
+            fp_w=fp_w, fp_b=fp_b, fp_out=positions["output"][layer.output_tensor],
+            op_name=op_name(layer.traced), activation=RELU if layer.relu else None,
+            activation_op_name=op_name(layer.relu_traced) if layer.relu else None,
             weight_op_name=op_name(layer.weight_key), bias_op_name=op_name(layer.bias_key)))
     return IntModel(chain.net_name, op_name(chain.input_traced), chain.input_size,
                     positions["output"][chain.input_tensor], layers)
@@ -177,8 +178,8 @@ def onnx_graph(int_net):
         w = param(layer.weight_op_name + "_fix", layer.weight, layer.fp_w)
         b = param(layer.bias_op_name + "_fix", layer.bias, layer.fp_b)
         x = node("Gemm", [x, w, b], layer.op_name, transB=1)
-        if layer.relu:
-            x = node("Relu", [x], layer.relu_op_name)
+        if layer.activation:
+            x = node("Relu", [x], layer.activation_op_name)
         x = fix(x, layer.fp_out, layer.output_op_name + "_fix")
     graph = helper.make_graph(
         nodes, int_net.net_name + "_int",

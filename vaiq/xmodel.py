@@ -1,9 +1,10 @@
 """The XIR graph file (`<Net>_int.xmodel`) of the integer network: write, read, compare.
 
 The writer produces the op list that vai_q_pytorch 3.5 writes for a chain of
-Linear (+ReLU) layers: the input, every parameter as a const (last layer
-first, bias before weight), then per layer a matmul and an optional relu, each
-value followed by its fix op. It leaves out the op registry (`op_defs`) that
+DPU ops: the input, every parameter as a const (last layer first, bias before
+weight), then per op a matmul or scale and an optional activation (relu,
+leaky-relu, relu6), each value followed by its fix op, at the model's batch.
+It leaves out the op registry (`op_defs`) that
 the quantizer copies into every file, because XIR ignores it on read.
 
 The reader accepts such files from any release (1.3 and 3.5 name their ops
@@ -16,7 +17,8 @@ import numpy as np
 
 from checked_io import InputError, write_bytes
 from vaiq import dpu, xmodel_pb2
-from vaiq.int_model import BIT_WIDTH, FIX_POINT_LIMIT, Q_MAX, Q_MIN, IntLayer, IntModel
+from vaiq.int_model import (ACTIVATIONS, BIT_WIDTH, FIX_POINT_LIMIT, LEAKY_RELU, LEAKY_RELU_ALPHA, MATMUL, Q_MAX, Q_MIN,
+                            SCALE, IntLayer, IntModel)
 
 
 class XmodelError(InputError):
@@ -27,7 +29,8 @@ MAX_FILE_BYTES = 64 * 1024 * 1024   # an FFN file is ~80 KB; refuse anything abs
 FLOAT = 4                           # Tensor.data_type of every tensor before compilation
 FLOAT_BITS = 32
 ROUND_MODE = "DPU_ROUND"
-SUPPORTED_OP_TYPES = ("data", "const", "fix", "matmul", "relu")
+SUPPORTED_OP_TYPES = ("data", "const", "fix", MATMUL, SCALE) + ACTIVATIONS
+SCALE_AXIS = -1                     # a scale op (BatchNorm1d) works on the channels, the last axis
 # The attributes every fix op carries, with the AttrValue member XIR reads
 # them from: a value stored in another member (e.g. an int64 fix_point) is
 # misread silently by XIR, so the reader refuses it.
@@ -46,26 +49,79 @@ def build_graph(model):
     """The serial_v2.Graph message of an IntModel, as vai_q_pytorch 3.5 writes it."""
     _check_model(model)
     graph = xmodel_pb2.Graph(graph_name=model.net_name)
-    in_shape = [1, model.input_size]
-    _add_op(graph, model.input_op_name, "data", in_shape,
-            {"shape": ("int32_vec_value", in_shape), "data_type": ("string_value", "FLOAT32")})
-    _add_fix(graph, model.input_op_name, in_shape, model.fp_in)
-    for layer in reversed(model.layers):
-        _add_const(graph, layer.bias_op_name, layer.bias, layer.fp_b)
-        _add_const(graph, layer.weight_op_name, layer.weight, layer.fp_w)
-    x = fix_name(model.input_op_name)
-    for layer in model.layers:
-        out_shape = [1, len(layer.bias)]
-        _add_op(graph, layer.op_name, "matmul", out_shape,
-                {"transpose_a": ("bool_value", False), "transpose_b": ("bool_value", True)},
-                [("input", [x, fix_name(layer.weight_op_name)]), ("bias", [fix_name(layer.bias_op_name)])])
-        if layer.relu:
-            _add_op(graph, layer.relu_op_name, "relu", out_shape, {}, [("input", [layer.op_name])])
-        _add_fix(graph, layer.output_op_name, out_shape, layer.fp_out)
-        x = fix_name(layer.output_op_name)
+    for op in _topological(_vertices(model)):
+        _add_op(graph, *op)
     graph.subg_root.subgraph_name = "root"
     graph.subg_root.op_name.extend(op.op_name for op in graph.op_node)
     return graph
+
+
+def _vertices(model):
+    """(name, type, shape, attrs, args) of every op, in the order the quantizer creates
+    them: each parameter (const, then its fix) in quant_info order, the input and its
+    fix, then the compute ops in graph order, each followed by its fix."""
+    ops = []
+
+    def fix(producer, shape, fp):
+        ops.append((fix_name(producer), "fix", shape,
+                    {"fix_point": ("int32_value", int(fp)), "bit_width": ("int32_value", BIT_WIDTH),
+                     "round_mode": ("string_value", ROUND_MODE), "if_signed": ("bool_value", True)},
+                    [("input", [producer])]))
+
+    for layer in model.layers:
+        for name, q, fp in ((layer.weight_op_name, layer.weight, layer.fp_w), (layer.bias_op_name, layer.bias, layer.fp_b)):
+            shape = list(np.shape(q))
+            ops.append((name, "const", shape, {"shape": ("int32_vec_value", shape), "data_type": ("string_value", "float32"),
+                                               "data": ("bytes_value", dpu.dequantize(q, fp).astype("<f4").tobytes())}, []))
+            fix(name, shape, fp)
+    in_shape = [model.batch, model.input_size]
+    ops.append((model.input_op_name, "data", in_shape,
+                {"shape": ("int32_vec_value", in_shape), "data_type": ("string_value", "FLOAT32")}, []))
+    fix(model.input_op_name, in_shape, model.fp_in)
+    x = fix_name(model.input_op_name)
+    for layer in model.layers:
+        out_shape = [model.batch, layer.out_features]
+        if layer.kind == MATMUL:
+            ops.append((layer.op_name, MATMUL, out_shape,
+                        {"transpose_a": ("bool_value", False), "transpose_b": ("bool_value", True)},
+                        [("input", [x, fix_name(layer.weight_op_name)]), ("bias", [fix_name(layer.bias_op_name)])]))
+        else:
+            ops.append((layer.op_name, SCALE, out_shape, {"axis": ("int32_value", SCALE_AXIS)},
+                        [("input", [x]), ("scale", [fix_name(layer.weight_op_name)]),
+                         ("bias", [fix_name(layer.bias_op_name)])]))
+        if layer.activation:
+            attrs = {"alpha": ("float_value", LEAKY_RELU_ALPHA)} if layer.activation == LEAKY_RELU else {}
+            ops.append((layer.activation_op_name, layer.activation, out_shape, attrs, [("input", [layer.op_name])]))
+        fix(layer.output_op_name, out_shape, layer.fp_out)
+        x = fix_name(layer.output_op_name)
+    return ops
+
+
+def _topological(ops):
+    """XIR's op order: the reverse of a depth-first post-order, started from each op in
+    creation order, that follows a producer's consumers in their creation order."""
+    index = {op[0]: k for k, op in enumerate(ops)}
+    consumers = [[] for _ in ops]
+    for k, op in enumerate(ops):
+        for _, producers in op[4]:
+            for producer in producers:
+                consumers[index[producer]].append(k)
+    done, order = [False] * len(ops), []
+    for root in range(len(ops)):
+        if done[root]:
+            continue
+        done[root] = True
+        stack = [(root, iter(consumers[root]))]
+        while stack:   # iterative: a deep network must not hit Python's recursion limit
+            k, pending = stack[-1]
+            nxt = next((c for c in pending if not done[c]), None)
+            if nxt is None:
+                stack.pop()
+                order.append(k)
+            else:
+                done[nxt] = True
+                stack.append((nxt, iter(consumers[nxt])))
+    return [ops[k] for k in reversed(order)]
 
 
 def serialize_graph(graph):
@@ -81,7 +137,7 @@ def write_xmodel(model, path):
     write_bytes(path, serialize_graph(build_graph(model)))
 
 
-def _add_op(graph, name, op_type, shape, attrs, args=()):
+def _add_op(graph, name, op_type, shape, attrs, args):
     op = graph.op_node.add(op_name=name, op_type=op_type)
     for key, (member, value) in attrs.items():
         _set_attr(op.op_attr[key], member, value)
@@ -91,22 +147,6 @@ def _add_op(graph, name, op_type, shape, attrs, args=()):
     op.output_tensor.tensor_dim.extend(shape)
     op.output_tensor.data_type = FLOAT
     op.output_tensor.tensor_bit_width = FLOAT_BITS
-
-
-def _add_fix(graph, producer, shape, fp):
-    _add_op(graph, fix_name(producer), "fix", shape,
-            {"fix_point": ("int32_value", int(fp)), "bit_width": ("int32_value", BIT_WIDTH),
-             "round_mode": ("string_value", ROUND_MODE), "if_signed": ("bool_value", True)},
-            [("input", [producer])])
-
-
-def _add_const(graph, name, q, fp):
-    shape = list(np.shape(q))
-    data = dpu.dequantize(q, fp).astype("<f4").tobytes()
-    _add_op(graph, name, "const", shape,
-            {"shape": ("int32_vec_value", shape), "data_type": ("string_value", "float32"),
-             "data": ("bytes_value", data)})
-    _add_fix(graph, name, shape, fp)
 
 
 def _set_attr(attr, member, value):
@@ -125,8 +165,8 @@ def _check_model(model):
     dpu.check_model(model)
     fps = [model.fp_in]
     for layer in model.layers:
-        if layer.relu and not layer.relu_op_name:
-            raise ValueError("layer {}: relu without relu_op_name".format(layer.name))
+        if layer.activation and not layer.activation_op_name:
+            raise ValueError("layer {}: {} without activation_op_name".format(layer.name, layer.activation))
         fps += [layer.fp_w, layer.fp_b, layer.fp_out]
     if any(abs(int(fp)) > FIX_POINT_LIMIT for fp in fps):
         raise ValueError("fix positions {} outside [-{limit}, {limit}]".format(fps, limit=FIX_POINT_LIMIT))
@@ -172,7 +212,7 @@ def parse_graph(data, source):
 
 
 def graph_to_model(graph, source):
-    """Validate a Graph as data -> fix -> (matmul [-> relu] -> fix)* and return its IntModel."""
+    """Validate a Graph as data -> fix -> ((matmul | scale) [-> activation] -> fix)* and return its IntModel."""
     return _GraphReader(graph, source).model()
 
 
@@ -236,29 +276,57 @@ class _GraphReader:
         shape = self.int_vector(data, "shape")
         if len(shape) != 2 or shape[1] < 1:
             raise self.error("input {} has shape {}, expected [batch, features]", data.op_name, shape)
-        if shape[0] != 1:
-            raise self.error("batch {}, the DPU compiles batch 1 only", shape[0])
+        if shape[0] < 1:
+            raise self.error("input {} has batch {}, expected at least 1", data.op_name, shape[0])
         self.require_float32(data)
         self.use(data, shape)
         x = self.only_consumer(data, ("fix",))
         fp_in = self.fix_point(x, data.op_name, shape, activation=True)
         layers = []
         width = shape[1]
+        self.batch = shape[0]
         while self.consumers[x.op_name]:
-            layer, x = self.layer(self.only_consumer(x, ("matmul",)), x, width)
+            layer, x = self.layer(self.only_consumer(x, (MATMUL, SCALE)), x, width)
             layers.append(layer)
             width = len(layer.bias)
         if not layers:
             raise self.error("has no matmul layer after the input")
         unused = [op for op in self.graph.op_node if op.op_name not in self.used]
         if unused:
-            raise self.error("op {} ({}) is not part of the input -> matmul -> relu -> fix chain",
+            raise self.error("op {} ({}) is not part of the input -> (matmul | scale) -> activation -> fix chain",
                              unused[0].op_name, unused[0].op_type)
         return IntModel(net_name=self.graph.graph_name, input_op_name=data.op_name,
-                        input_size=shape[1], fp_in=fp_in, layers=layers)
+                        input_size=shape[1], fp_in=fp_in, layers=layers, batch=self.batch)
 
-    def layer(self, matmul, x, width):
-        """The layer of `matmul`, which reads activation fix op `x`; (IntLayer, its output fix op)."""
+    def layer(self, op, x, width):
+        """The layer of matmul or scale `op`, which reads activation fix op `x`;
+        (IntLayer, its output fix op)."""
+        if op.op_type == MATMUL:
+            weight_op, weight, fp_w, bias_op, bias, fp_b = self.matmul_params(op, x, width)
+        else:
+            weight_op, weight, fp_w, bias_op, bias, fp_b = self.scale_params(op, x, width)
+        out_shape = [self.batch, len(bias)]
+        self.use(op, out_shape)
+        after = self.only_consumer(op, ACTIVATIONS + ("fix",))
+        activation = after.op_type if after.op_type in ACTIVATIONS else None
+        if activation:
+            self.single_input(after)
+            if activation == LEAKY_RELU:
+                alpha = self.attr(after, "alpha", "float_value")
+                if alpha != LEAKY_RELU_ALPHA:
+                    raise self.error("op {} has alpha {}; the DPU's leaky-relu takes only {} (26/256)",
+                                     after.op_name, alpha, LEAKY_RELU_ALPHA)
+            self.use(after, out_shape)
+            output, after = after, self.only_consumer(after, ("fix",))
+        else:
+            output = op
+        fp_out = self.fix_point(after, output.op_name, out_shape, activation=True)
+        return IntLayer(name=_layer_name(weight_op.op_name, self.graph.graph_name),
+                        weight=weight, bias=bias, fp_w=fp_w, fp_b=fp_b, fp_out=fp_out, op_name=op.op_name,
+                        activation=activation, activation_op_name=output.op_name if activation else None,
+                        weight_op_name=weight_op.op_name, bias_op_name=bias_op.op_name, kind=op.op_type), after
+
+    def matmul_params(self, matmul, x, width):
         args = self.args(matmul, ("input", "bias"))
         if len(args["input"]) != 2 or args["input"][0] != x.op_name:
             raise self.error("matmul {} has inputs {}, expected [{}, <weight fix op>]",
@@ -277,28 +345,32 @@ class _GraphReader:
         if bias.shape != weight.shape[:1]:
             raise self.error("const {} has shape {}, expected [{}] (the weight's out)",
                              bias_op.op_name, list(bias.shape), weight.shape[0])
-        out_shape = [1, weight.shape[0]]
-        self.use(matmul, out_shape)
-        after = self.only_consumer(matmul, ("relu", "fix"))
-        relu = after.op_type == "relu"
-        if relu:
-            self.single_input(after)
-            self.use(after, out_shape)
-            output, after = after, self.only_consumer(after, ("fix",))
-        else:
-            output = matmul
-        fp_out = self.fix_point(after, output.op_name, out_shape, activation=True)
-        return IntLayer(name=_layer_name(weight_op.op_name, self.graph.graph_name),
-                        weight=weight, bias=bias, fp_w=fp_w, fp_b=fp_b, fp_out=fp_out, relu=relu,
-                        op_name=matmul.op_name, relu_op_name=output.op_name if relu else None,
-                        weight_op_name=weight_op.op_name, bias_op_name=bias_op.op_name), after
+        return weight_op, weight, fp_w, bias_op, bias, fp_b
 
-    def param(self, fix_op_name, matmul):
-        """A weight or bias: the fix op named by the matmul and its const; (const op, int8 values, fp)."""
+    def scale_params(self, scale, x, width):
+        args = self.args(scale, ("input", "scale", "bias"))
+        for name, n in (("input", 1), ("scale", 1), ("bias", 1)):
+            if len(args[name]) != n:
+                raise self.error("scale {} has {} '{}' ops, expected 1", scale.op_name, len(args[name]), name)
+        if args["input"][0] != x.op_name:
+            raise self.error("scale {} reads {}, expected {}", scale.op_name, args["input"][0], x.op_name)
+        axis = self.attr(scale, "axis", "int32_value") if "axis" in scale.op_attr else SCALE_AXIS
+        if axis not in (SCALE_AXIS, 1):
+            raise self.error("scale {} has axis {}, expected -1 (the channels)", scale.op_name, axis)
+        weight_op, weight, fp_w = self.param(args["scale"][0], scale)
+        bias_op, bias, fp_b = self.param(args["bias"][0], scale)
+        for const, values in ((weight_op, weight), (bias_op, bias)):
+            if values.shape != (width,):
+                raise self.error("const {} has shape {}, expected [{}] (the channels)",
+                                 const.op_name, list(values.shape), width)
+        return weight_op, weight, fp_w, bias_op, bias, fp_b
+
+    def param(self, fix_op_name, user):
+        """A weight or bias: the fix op named by the matmul or scale and its const; (const op, int8 values, fp)."""
         fix = self.ops[fix_op_name]
         if fix.op_type != "fix":
-            raise self.error("matmul {} takes {} ({}) as a parameter, expected a fix op",
-                             matmul.op_name, fix.op_name, fix.op_type)
+            raise self.error("{} {} takes {} ({}) as a parameter, expected a fix op",
+                             user.op_type, user.op_name, fix.op_name, fix.op_type)
         producer = self.ops[self.single_input(fix)]
         if producer.op_type != "const":
             raise self.error("fix op {} of a parameter reads {} ({}), expected a const",
@@ -343,7 +415,7 @@ class _GraphReader:
         return args
 
     def single_input(self, op):
-        """The one producer of a fix or relu op."""
+        """The one producer of a fix or activation op."""
         producers = self.args(op, ("input",))["input"]
         if len(producers) != 1:
             raise self.error("op {} has {} inputs, expected 1", op.op_name, len(producers))
@@ -396,7 +468,7 @@ class _GraphReader:
         data = self.attr(op, "data", "bytes_value").value
         if any(d < 1 for d in shape):
             raise self.error("const {} has shape {}, expected positive sizes", op.op_name, shape)
-        if len(data) != 4 * int(np.prod(shape, dtype=object)):
+        if len(data) != 4 * _product(shape):
             raise self.error("const {} holds {} bytes, expected 4 per element of shape {}",
                              op.op_name, len(data), shape)
         values = np.frombuffer(data, dtype="<f4").astype(np.float64).reshape(shape)
@@ -410,6 +482,14 @@ class _GraphReader:
             raise self.error("const {}: value {} is outside int8 at fix_point {}",
                              op.op_name, float(values[outside][0]), fp)
         return q.astype(np.int8)
+
+
+def _product(shape):
+    """The number of elements, in Python integers (no overflow for absurd shapes)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def _layer_name(weight_op_name, net_name):

@@ -1,9 +1,12 @@
 """Bias correction during calibration (spec: "Bias correction").
 
 Each batch nudges a Linear's bias against the mean quantization error of its
-output, until the signal-to-noise estimate settles. All arithmetic is float32
-torch, in the order of the spec, so the result matches vai_q_pytorch bitwise.
+output, until the signal-to-noise estimate settles. The tensors (forward, error,
+noise, the update) are float32 torch and the bookkeeping (eff, dev, their
+averages, the thresholds, the step) is float64, in the order of the spec
+("Bias correction: Arithmetic"), so the result matches vai_q_pytorch bitwise.
 """
+import numpy as np
 import torch
 
 RATE = 0.05
@@ -13,8 +16,8 @@ class BiasCorrection:
     def __init__(self, weight, bias):
         self.weight = weight.detach().clone()   # the float parameters the error is measured against
         self.bias = bias.detach().clone()
-        self.eff_avg = torch.zeros((), dtype=torch.float32)
-        self.dev_avg = torch.zeros((), dtype=torch.float32)
+        self.eff_avg = np.float64(0)   # numpy float64 scalars, as in the real quantizer
+        self.dev_avg = np.float64(0)
         self.stopped = False
 
     def update(self, x, out, bias):
@@ -34,16 +37,18 @@ class BiasCorrection:
         if not noise > 0:
             self.stopped = True
             return None
-        eff = 1.25 * torch.log10(ref.pow(2).mean() / noise)
-        dev = torch.abs(eff - self.eff_avg)
+        # log10 of float32 tensors, then float64 from there on (the real one takes .numpy()).
+        eff = 1.25 * np.float64(torch.log10(ref.pow(2).mean() / noise).item())
+        dev = abs(eff - self.eff_avg)
         if not dev > 0:
             self.stopped = True
             return None
         self.eff_avg = (4 * self.eff_avg + eff) / 5
         self.dev_avg = (4 * self.dev_avg + dev) / 5
         step = RATE / 2 if self.eff_avg > 4.0 else RATE
-        if (self.eff_avg > 4.3 or self.dev_avg / self.eff_avg < 0.05
-                or torch.abs(dev - self.dev_avg / dev) < 0.05):
+        with np.errstate(divide="ignore", invalid="ignore"):   # an average of exactly 0 gives inf, as there
+            settled = self.dev_avg / self.eff_avg < 0.05 or abs(dev - self.dev_avg / dev) < 0.05
+        if self.eff_avg > 4.3 or settled:
             self.stopped = True
             return None
         return step

@@ -38,10 +38,28 @@ def round_half_away(x):
 ROUND = {HALF_AWAY: round_half_away, HALF_UP: round_half_up}
 
 
+# The real kernel stores R(x * 2^fp) in a C int before the clamp; on x86-64 a value
+# beyond the int32 range (and NaN) converts to INT_MIN, so it ends as Q_MIN.
+INT32_MIN, INT32_LIMIT = -2.0 ** 31, 2.0 ** 31
+
+
+def int32_overflow(rounded):
+    """Where R(x * 2^fp) does not fit a C int (NaN included: it fails both tests)."""
+    return ~((rounded >= INT32_MIN) & (rounded < INT32_LIMIT))
+
+
 def quantize(x, fp, mode):
-    """The int8 grid values q (as float32) of x at fix position fp."""
-    scaled = x * (2.0 ** fp)          # exact: a power-of-two scale in float32
-    return torch.clamp(ROUND[mode](scaled), Q_MIN, Q_MAX)
+    """The int8 grid values q (as float32) of x at fix position fp, as the real kernel
+    computes them: values beyond int32 become Q_MIN, and a zero is +0.0 (it went
+    through an int), never -0.0."""
+    rounded = ROUND[mode](x * (2.0 ** fp))   # the scaling is exact: a power of two in float32
+    q = torch.where(int32_overflow(rounded), torch.full_like(rounded, Q_MIN), torch.clamp(rounded, Q_MIN, Q_MAX))
+    return q + 0.0                           # -0.0 + 0.0 is +0.0
+
+
+def overflow_mask(x, fp, mode):
+    """Where the real kernel turns x into Q_MIN because R(x * 2^fp) exceeds int32."""
+    return int32_overflow(ROUND[mode](x * (2.0 ** fp)))
 
 
 def fake_quantize(x, fp, mode):

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bias_correction import BiasCorrection
-from .fixpoint import HALF_AWAY, HALF_UP, INPUT_SCOPE, PARAM_SCOPE, fake_quantize, fix_position
+from .fixpoint import HALF_AWAY, HALF_UP, INPUT_SCOPE, PARAM_SCOPE, fake_quantize, fix_position, overflow_mask
 
 
 def quantized_network(x, params, chain, positions, quantize):
@@ -55,6 +55,7 @@ class QuantModel(nn.Module):
         self.dumps = None      # when a dict, the forward records every tensor it computes
         self.capture = None    # when a list, the forward appends every input batch (fast finetune)
         self.params_ready = False
+        self.overflow_warned = set()   # tensors whose int32 overflow was reported
         if calib:
             if param_corr:
                 self.corrections = [BiasCorrection(w, b) for w, b in self.float_params]
@@ -93,9 +94,23 @@ class QuantModel(nn.Module):
         if self.calib:
             self.history[key][fix_position(x, scope, HALF_UP, key)] += 1
             self.positions["output"][key] = history_mode(self.history[key])
-        x = fake_quantize(x, self.positions["output"][key], HALF_UP)
+        fp = self.positions["output"][key]
+        self.warn_overflow(key, x, fp)
+        x = fake_quantize(x, fp, HALF_UP)
         self.record(key, x)
         return x
+
+    def warn_overflow(self, key, x, fp):
+        """Say once per tensor when an outlier becomes -128 (spec: "Numbers", Overflow)."""
+        if key in self.overflow_warned:
+            return
+        mask = overflow_mask(x, fp, HALF_UP)
+        if mask.any():
+            self.overflow_warned.add(key)
+            n = int(mask.sum())
+            print("warning: {}: {} value{} beyond the int32 range at fix position {} (first {:.6g}) became -128, "
+                  "as in vai_q_pytorch; the DPU saturates such a value to 127".format(
+                      key, n, "s" if n > 1 else "", fp, float(x[mask][0])))
 
     def record(self, key, x):
         if self.dumps is not None:

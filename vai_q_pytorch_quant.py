@@ -22,6 +22,9 @@ from preprocessors import load_ffn, make_dataloader
 from set_seed import DEVICE, set_seed
 
 
+DEFAULT_DEPLOY_BATCH = 1   # the original flow's; DPUCADF8H (Vitis AI 1.4 to 2.5) compiles batch 4
+
+
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default="data")
@@ -34,6 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--quant_mode", default="calib", choices=["float", "calib", "test"])
     parser.add_argument("--deploy", action="store_true", help="test mode: export xmodel, deploy-check data, "
                         "TorchScript and ONNX")
+    parser.add_argument("--deploy_batch", type=positive_int, default=None, metavar="N",
+                        help="with --deploy: the batch of the exported xmodel, the deploy forward runs the first N "
+                        "rows (default 1; DPUCADF8H's compiler needs 4)")
     parser.add_argument("--evaluate", action="store_true", help="print float and quantized mse and r^2")
     parser.add_argument("--fast_finetune", action="store_true", help="AdaQuant after calibration (calib), "
                         "use its parameters (test)")
@@ -86,6 +92,8 @@ def check_flags(args):
     """Refuse flags that the mode would ignore, and unwritable outputs, before any work."""
     if args.deploy and args.quant_mode != "test":
         raise InputError("--deploy needs --quant_mode test (run --quant_mode calib first)")
+    if args.deploy_batch is not None and not args.deploy:
+        raise InputError("--deploy_batch needs --deploy")
     if args.fast_finetune and args.quant_mode == "float":
         raise InputError("--fast_finetune needs --quant_mode calib or test")
     if args.save_outputs and args.quant_mode == "calib":
@@ -149,14 +157,17 @@ def main(argv=None):
 
 
 def deploy(torch_quantizer, model, loader, args):
-    """Export with a quantizer of batch 1 after one forward of the first row: the
-    xmodel has batch 1 and the deploy-check data is that forward."""
-    first_row = loader.dataset[0]["features"].unsqueeze(0).to(DEVICE)
-    quantizer = torch_quantizer("test", model, (first_row,), output_dir=args.output_dir, device=DEVICE)
+    """Export with a quantizer of batch N after one forward of the first N rows: the
+    xmodel has batch N and the deploy-check data is that forward (as vai_q_pytorch)."""
+    batch = args.deploy_batch or DEFAULT_DEPLOY_BATCH
+    if batch > len(loader.dataset):
+        raise InputError("--deploy_batch {}: {} has only {} rows".format(batch, loader.dataset.path, len(loader.dataset)))
+    first_rows = loader.dataset.features[:batch].to(DEVICE)
+    quantizer = torch_quantizer("test", model, (first_rows,), output_dir=args.output_dir, device=DEVICE)
     if args.fast_finetune:
         quantizer.load_ft_param()
     with torch.no_grad():
-        quantizer.quant_model(first_row)
+        quantizer.quant_model(first_rows)
     with uninterrupted():
         quantizer.export_xmodel(output_dir=args.output_dir, deploy_check=True)
         quantizer.export_torch_script(output_dir=args.output_dir)

@@ -9,8 +9,11 @@ from math import floor
 import numpy as np
 import pytest
 
+from test_quantizer_golden import CASES as GOLDEN_CASES
+from test_quantizer_golden import case_info, deployed_outputs, expected
 from vaiq import dpu
 from vaiq.int_model import IntLayer, IntModel
+from vaiq.xmodel import read_xmodel
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "golden")
 CASES = ["p1_trained_in2", "p2_trained_in2_nocorr", "p3_random_in4"]
@@ -83,6 +86,23 @@ def test_golden_deploy_dumps_exact(case):
     # Byte for byte, too: no -0.0 and the same dtypes as the files.
     for name, array in dumps.items():
         with open(os.path.join(dump_dir(case), name), "rb") as f:
+            assert f.read() == array.tobytes(), name
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_golden_xmodel_alone_gives_the_deployed_outputs_and_every_dump(case):
+    """From the real quantizer's xmodel alone, at its batch: every row of the test
+    outputs, and every file of the deploy-check folder byte for byte."""
+    model = read_xmodel(expected(case, "quantize_result", "FFN_int.xmodel"))
+    assert model.batch == case_info(case).get("deploy_batch", 1)
+    x = golden_features(case, model.input_size).astype(np.float32)
+    got = dpu.outputs(model, x)
+    assert got.tobytes() == deployed_outputs(case, x).tobytes()
+    dumps = dpu.deploy_dumps(model, x[:model.batch])
+    folder = expected(case, "quantize_result", "deploy_check_data_int", "FFN")
+    assert sorted(dumps) == sorted(f for f in os.listdir(folder) if f.endswith(".bin"))
+    for name, array in dumps.items():
+        with open(os.path.join(folder, name), "rb") as f:
             assert f.read() == array.tobytes(), name
 
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import vai_q_pytorch_quant
+from vaiq import dpu
+from vaiq.xmodel import read_xmodel
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 # The FFN cases p1, p2, ...: every folder with a case.json directly inside (layers/ holds
@@ -47,6 +49,27 @@ def calibrated(request, tmp_path_factory):
 
 def expected(case, *parts):
     return os.path.join(GOLDEN, case, "expected", *parts)
+
+
+def case_info(case):
+    with open(os.path.join(GOLDEN, case, "case.json")) as f:
+        return json.load(f)
+
+
+def deployed_outputs(case, x):
+    """What the deployed network gives: the test-mode outputs, except where the real
+    quantizer turned an input beyond int32 into -128 (case.json says so); there the
+    DPU, and the exports of the deployed network, saturate to 127."""
+    test_outputs = np.load(expected(case, "test_outputs.npy"))
+    if case_info(case).get("int_sim_equals_test_outputs", True):
+        return test_outputs
+    reference = dpu.outputs(read_xmodel(expected(case, "quantize_result", "FFN_int.xmodel")), x)
+    fp_in = json.load(open(expected(case, "quantize_result", "quant_info.json")))["output"]["FFN::nndct_input_0"][0][1]
+    overflowed = np.abs(x.astype(np.float64) * 2.0 ** fp_in).max(axis=1) >= 2.0 ** 31
+    assert overflowed.any()
+    differ = (reference != test_outputs).any(axis=1)
+    assert np.array_equal(differ, overflowed)    # only the overflowed rows, and each of them
+    return reference
 
 
 def test_quant_info_equals_golden(calibrated):

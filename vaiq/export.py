@@ -1,8 +1,9 @@
 """Deploy: the integer model of a test-mode quantizer, written as an XIR xmodel,
 deploy-check dumps, TorchScript and ONNX (spec: "Files in quantize_result/").
 
-Every export is taken from the quantizer's one deploy forward (batch 1): the
-xmodel has batch 1 and the dumps are that forward's tensors.
+Every export is taken from the quantizer's one deploy forward: the xmodel has
+that forward's batch (1 in the original flow, 4 for DPUCADF8H) and the dumps
+are its tensors.
 """
 import os
 import warnings
@@ -37,18 +38,19 @@ def int_model(quant_model):
             activation_op_name=op_name(layer.relu_traced) if layer.relu else None,
             weight_op_name=op_name(layer.weight_key), bias_op_name=op_name(layer.bias_key)))
     return IntModel(chain.net_name, op_name(chain.input_traced), chain.input_size,
-                    positions["output"][chain.input_tensor], layers)
+                    positions["output"][chain.input_tensor], layers, batch=deploy_batch(quant_model))
 
 
 def deploy_forward_dumps(quant_model):
-    """The deploy forward's tensors, {traced name: float32 tensor}, checked to be one row."""
+    """The deploy forward's tensors, {quantizer tensor name: float32 tensor}."""
     dumps = quant_model.dumps
     if not dumps:
-        raise InputError("deploy: run exactly one forward of batch 1 on quant_model before exporting")
-    if next(iter(dumps.values())).shape[0] != 1:
-        raise InputError("deploy: the forward had batch {}; the DPU compiles batch 1 only".format(
-            next(iter(dumps.values())).shape[0]))
+        raise InputError("deploy: run one forward (of the xmodel's batch) on quant_model before exporting")
     return dumps
+
+
+def deploy_batch(quant_model):
+    return int(deploy_forward_dumps(quant_model)[quant_model.chain.input_tensor].shape[0])
 
 
 def write_deploy_check(quant_model, folder):

@@ -227,3 +227,14 @@ def _no_bias_model():
         def forward(self, x):
             return self.l2(self.l1(x).relu())
     return NoBias()
+
+
+@pytest.mark.parametrize("args, must_contain", [
+    (("--quant_mode", "test", "--deploy", "--deploy_batch", "0"), ("--deploy_batch", "must be positive")),
+    (("--quant_mode", "test", "--deploy", "--deploy_batch", "-4"), ("--deploy_batch", "must be positive")),
+    (("--quant_mode", "test", "--deploy", "--deploy_batch", "1001"), ("--deploy_batch 1001", "test.npy",
+                                                                      "only 1000 rows")),
+    (("--quant_mode", "test", "--deploy_batch", "4"), ("--deploy_batch needs --deploy",)),
+])
+def test_bad_deploy_batch(work, args, must_contain):
+    assert_refused(work, args, *must_contain)

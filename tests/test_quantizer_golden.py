@@ -155,3 +155,12 @@ def test_test_mode_reads_the_release_1_3_form(case, tmp_path, monkeypatch):
         torch.save(dict(zip(traced_nodes, corr.values())), str(out / "bias_corr.pth"))
     run_quant(monkeypatch, case, out, "--quant_mode", "test", "--save_outputs", str(tmp_path / "outputs.npy"))
     assert np.load(str(tmp_path / "outputs.npy")).tobytes() == np.load(expected(case, "test_outputs.npy")).tobytes()
+
+
+def test_an_input_beyond_int32_is_said_in_one_line(tmp_path, capsys):
+    """p6: row 128 holds 1e9; at the input's position it becomes -128, as in the real quantizer."""
+    with pytest.MonkeyPatch.context() as mp:
+        run_quant(mp, "p6_int32_overflow", tmp_path, "--quant_mode", "calib")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert lines == ["warning: FFN::nndct_input_0: 1 value beyond the int32 range at fix position 5 (first 1e+09) "
+                     "became -128, as in vai_q_pytorch; the DPU saturates such a value to 127"]

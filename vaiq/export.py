@@ -15,9 +15,9 @@ import torch.nn as nn
 from checked_io import InputError, atomic_path
 
 from .fixpoint import HALF_AWAY, fake_quantize, quantize
-from .int_model import RELU, IntLayer, IntModel
+from .int_model import LEAKY_RELU, LEAKY_RELU_ALPHA, MATMUL, RELU, RELU6, RELU6_MAX, SCALE, IntLayer, IntModel
 from .quant_model import quantized_network
-from .trace import op_name
+from .trace import ACTIVATION_OP_TYPES, BATCH_NORM, DENSE, op_name
 from .xmodel import write_xmodel
 
 DEPLOY_CHECK_DIR = "deploy_check_data_int"
@@ -27,15 +27,16 @@ def int_model(quant_model):
     """The IntModel of a test-mode QuantModel (its parameters are on their grids)."""
     chain, positions = quant_model.chain, quant_model.positions
     layers = []
-    for layer, linear in zip(chain.layers, quant_model.linears):
+    for layer, (weight, bias) in zip(chain.layers, quant_model.params):
         fp_w, fp_b = positions["param"][layer.weight_key], positions["param"][layer.bias_key]
         layers.append(IntLayer(
             name=layer.name,
-            weight=quantize(linear.weight.data, fp_w, HALF_AWAY).numpy().astype(np.int8),
-            bias=quantize(linear.bias.data, fp_b, HALF_AWAY).numpy().astype(np.int8),
+            weight=quantize(weight, fp_w, HALF_AWAY).numpy().astype(np.int8),
+            bias=quantize(bias, fp_b, HALF_AWAY).numpy().astype(np.int8),
             fp_w=fp_w, fp_b=fp_b, fp_out=positions["output"][layer.output_tensor],
-            op_name=op_name(layer.traced), activation=RELU if layer.relu else None,
-            activation_op_name=op_name(layer.relu_traced) if layer.relu else None,
+            op_name=op_name(layer.traced), kind=MATMUL if layer.kind == DENSE else SCALE,
+            activation=ACTIVATION_OP_TYPES[layer.activation] if layer.activation else None,
+            activation_op_name=op_name(layer.act_traced) if layer.activation else None,
             weight_op_name=op_name(layer.weight_key), bias_op_name=op_name(layer.bias_key)))
     return IntModel(chain.net_name, op_name(chain.input_traced), chain.input_size,
                     positions["output"][chain.input_tensor], layers, batch=deploy_batch(quant_model))
@@ -69,15 +70,19 @@ def write_deploy_check(quant_model, folder):
     shapes = []
     add(op_name(chain.input_traced), dumps[chain.input_tensor], positions["output"][chain.input_tensor])
     shapes.append((dumps[chain.input_tensor], chain.input_traced))
-    for layer, linear in zip(chain.layers, quant_model.linears):
-        for key, param in ((layer.weight_key, linear.weight), (layer.bias_key, linear.bias)):
-            add(op_name(key), param.data, positions["param"][key])
-        own_fp = None if layer.relu else positions["output"][layer.node]
+    for layer, params in zip(chain.layers, quant_model.params):
+        for key, param in zip((layer.weight_key, layer.bias_key), params):
+            add(op_name(key), param, positions["param"][key])
+        if layer.kind == BATCH_NORM:   # the statistics, folded into the scale: zeros and ones
+            stem = op_name("{}::{}".format(chain.net_name, layer.name))
+            add(stem + "_running_mean", torch.zeros(layer.out_features))
+            add(stem + "_running_var", torch.ones(layer.out_features))
+        own_fp = None if layer.activation else positions["output"][layer.node]
         add(op_name(layer.traced), dumps[layer.node], own_fp)
         shapes.append((dumps[layer.node], layer.traced))
-        if layer.relu:
-            add(op_name(layer.relu_traced), dumps[layer.relu_node], positions["output"][layer.relu_node])
-            shapes.append((dumps[layer.relu_node], layer.relu_traced))
+        if layer.activation:
+            add(op_name(layer.act_traced), dumps[layer.act_node], positions["output"][layer.act_node])
+            shapes.append((dumps[layer.act_node], layer.act_traced))
     shape_text = "".join("{}: {}\n".format(list(value.shape), name) for value, name in shapes)
 
     with atomic_path(os.path.join(folder, DEPLOY_CHECK_DIR)) as tmp:
@@ -107,10 +112,10 @@ class _TestModeNetwork(nn.Module):
     def __init__(self, quant_model):
         super().__init__()
         self.chain, self.positions = quant_model.chain, quant_model.positions
-        self.weights = nn.ParameterList(nn.Parameter(lin.weight.detach().clone(), requires_grad=False)
-                                        for lin in quant_model.linears)
-        self.biases = nn.ParameterList(nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
-                                       for lin in quant_model.linears)
+        self.weights = nn.ParameterList(nn.Parameter(w.detach().clone(), requires_grad=False)
+                                        for w, _ in quant_model.params)
+        self.biases = nn.ParameterList(nn.Parameter(b.detach().clone(), requires_grad=False)
+                                       for _, b in quant_model.params)
 
     def forward(self, x):
         params = list(zip(self.weights, self.biases))
@@ -179,9 +184,17 @@ def onnx_graph(int_net):
     for layer in int_net.layers:
         w = param(layer.weight_op_name + "_fix", layer.weight, layer.fp_w)
         b = param(layer.bias_op_name + "_fix", layer.bias, layer.fp_b)
-        x = node("Gemm", [x, w, b], layer.op_name, transB=1)
-        if layer.activation:
+        if layer.kind == MATMUL:
+            x = node("Gemm", [x, w, b], layer.op_name, transB=1)
+        else:   # BatchNorm1d with folded statistics: x * scale + offset, as batch_norm computes it
+            x = node("Add", [node("Mul", [x, w], layer.op_name + "/scaled"), b], layer.op_name)
+        if layer.activation == RELU:
             x = node("Relu", [x], layer.activation_op_name)
+        elif layer.activation == LEAKY_RELU:
+            x = node("LeakyRelu", [x], layer.activation_op_name, alpha=LEAKY_RELU_ALPHA)
+        elif layer.activation == RELU6:
+            x = node("Clip", [x, const(layer.activation_op_name + "/min", 0.0),
+                              const(layer.activation_op_name + "/max", float(RELU6_MAX))], layer.activation_op_name)
         x = fix(x, layer.fp_out, layer.output_op_name + "_fix")
     graph = helper.make_graph(
         nodes, int_net.net_name + "_int",

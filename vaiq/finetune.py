@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .fixpoint import fake_quantize
-from .quant_model import quantized_network
+from .quant_model import float_network, quantized_network
 
 STEPS = 300          # Adam steps per layer
 LR = 3e-3            # a fraction of an int8 grid step at positions 6 to 8
@@ -27,14 +27,6 @@ LR = 3e-3            # a fraction of an int8 grid step at positions 6 to 8
 def ste(x, fp, mode):
     """Fake quantization in the forward, identity in the backward."""
     return x + (fake_quantize(x, fp, mode) - x).detach()
-
-
-def float_network(x, params, chain):
-    for layer, (weight, bias) in zip(chain.layers, params):
-        x = F.linear(x, weight, bias)
-        if layer.relu:
-            x = F.relu(x)
-    return x
 
 
 def fast_finetune(chain, positions, float_params, start_params, x_float, steps=STEPS, lr=LR):

@@ -33,11 +33,17 @@ def check_layer(i, w, b, o):
     return problems
 
 
+def linear_layers(chain):
+    """(index, layer) of the Linear layers, the ones the quantizer legalizes (a
+    BatchNorm1d's scale op is left as calibrated; where it runs is up to the compiler)."""
+    return [(k, layer) for k, layer in enumerate(chain.layers) if layer.kind == "dense"]
+
+
 def check_positions(chain, positions):
-    """Problems of every layer, as "layer: problem" texts (empty when all are legal)."""
+    """Problems of every Linear layer, as "layer: problem" texts (empty when all are legal)."""
     param, output = positions["param"], positions["output"]
     return ["{}: {}".format(layer.name, problem)
-            for k, layer in enumerate(chain.layers)
+            for k, layer in linear_layers(chain)
             for problem in check_layer(output[chain.input_of(k)], param[layer.weight_key],
                                        param[layer.bias_key], output[layer.output_tensor])]
 
@@ -63,11 +69,11 @@ def legalize_layer(i, w, b, o):
 
 
 def legalize(chain, positions):
-    """Legalize every layer in graph order, in place; a changed output position is
+    """Legalize every Linear layer in graph order, in place; a changed output position is
     the next layer's input. Returns one text per change, naming the layer."""
     param, output = positions["param"], positions["output"]
     changes = []
-    for k, layer in enumerate(chain.layers):
+    for k, layer in linear_layers(chain):
         i = output[chain.input_of(k)]
         w, b, o = param[layer.weight_key], param[layer.bias_key], output[layer.output_tensor]
         w, b, o, layer_changes = legalize_layer(i, w, b, o)

@@ -20,9 +20,6 @@ BIAS_CORR = "bias_corr.pth"
 FT_PARAMS = "param.pth"    # fast finetune's float parameters
 # The release whose arithmetic the built-in quantizer reproduces.
 VERSION = "3.5.0+builtin+torch{}".format(torch.__version__.split("+")[0])
-# vai_q_pytorch 3.5 wrote this graph_md5 for every FFN size; other chains get a
-# digest of their op sequence (the real quantizer's hash input is not public).
-FFN_GRAPH_MD5 = "266ba1edd5084e1cb1978d5d9074b774"
 
 
 class QuantInfoError(InputError):
@@ -30,13 +27,11 @@ class QuantInfoError(InputError):
 
 
 def graph_md5(chain):
-    ops = []
-    for layer in chain.layers:
-        ops += ["dense", "relu"] if layer.relu else ["dense"]
-    signature = ",".join(ops)
-    if signature == "dense,relu,dense,relu,dense":
-        return FFN_GRAPH_MD5
-    return hashlib.md5(signature.encode()).hexdigest()
+    """The md5 of the quantizer's node types and their wiring (layers.md, "File layout
+    rules"): the same for every FFN size, 266ba1edd5084e1cb1978d5d9074b774 for model.py's."""
+    types = chain.node_types()
+    nodes = [{"op": t, "input_ops": types[k - 1:k], "output_ops": types[k + 1:k + 2]} for k, t in enumerate(types)]
+    return hashlib.md5(json.dumps({"nodes": nodes}, indent=2, separators=(",", ": ")).encode()).hexdigest()
 
 
 def _section(name, entries):
@@ -98,7 +93,7 @@ def read_ft_params(output_dir, chain):
     params = {}
     for layer in chain.layers:
         pair = []
-        for key, reference in (("weight", layer.linear.weight), ("bias", layer.linear.bias)):
+        for key, reference in zip(("weight", "bias"), layer.float_params()):
             tensor = state.get("{}.{}".format(layer.name, key))
             if not isinstance(tensor, torch.Tensor) or tensor.shape != reference.shape:
                 raise QuantInfoError("{}: {}.{} is missing or has the wrong shape".format(path, layer.name, key))
@@ -179,14 +174,15 @@ def read_bias_corr(output_dir, chain):
     corr = load_torch_file(path, "bias correction file")
     if not isinstance(corr, dict):
         raise QuantInfoError("{}: expected a dict of per-layer corrections".format(path))
-    corr = _match(path, "bias correction", corr, [layer.node for layer in chain.layers], by_position=True)
-    for layer in chain.layers:
+    linears = [layer for layer in chain.layers if layer.kind == "dense"]
+    corr = _match(path, "bias correction", corr, [layer.node for layer in linears], by_position=True)
+    for layer in linears:
         values = corr[layer.node]
         if not isinstance(values, (list, tuple)) or not all(isinstance(v, float) for v in values):
             raise QuantInfoError("{}: {} is not a list of floats".format(path, layer.node))
         if not all(math.isfinite(v) for v in values):
             raise QuantInfoError("{}: {} holds NaN or Inf".format(path, layer.node))
-        if len(values) != layer.linear.out_features:
+        if len(values) != layer.out_features:
             raise QuantInfoError("{}: {} has {} values, the layer has {} outputs".format(
-                path, layer.node, len(values), layer.linear.out_features))
+                path, layer.node, len(values), layer.out_features))
     return corr

@@ -1,15 +1,14 @@
 """The fake-quantized model: the forward vai_q_pytorch runs in calib and test mode
-(spec: "Calibration", "Test mode").
+(spec: "Calibration", "Test mode"; layers.md).
 
 Calib: parameters get their positions once, on the first forward; every
 activation gets a candidate position per batch, and uses the mode of its
 history so far; bias correction runs per batch. Test: the positions of
 quant_info.json, parameters quantized once, no history, no correction.
-A Linear followed by a ReLU is one DPU op: the ReLU's output carries the
-quantization and the Linear's own output is left as is.
+A layer followed by an activation is one DPU op: the activation's output
+carries the quantization and the layer's own output is left as is.
 """
 import collections
-import copy
 
 import torch
 import torch.nn as nn
@@ -17,6 +16,35 @@ import torch.nn.functional as F
 
 from .bias_correction import BiasCorrection
 from .fixpoint import HALF_AWAY, HALF_UP, INPUT_SCOPE, PARAM_SCOPE, fake_quantize, fix_position, overflow_mask
+from .int_model import LEAKY_RELU_ALPHA
+from .trace import DENSE, LEAKY_RELU, RELU, RELU6
+
+
+def layer_forward(layer, x, weight, bias):
+    """A Linear, or a BatchNorm1d whose statistics are folded into weight (scale) and
+    bias (offset): the real quantizer runs it as batch_norm with mean 0, var 1, eps 0."""
+    if layer.kind == DENSE:
+        return F.linear(x, weight, bias)
+    n = weight.shape[0]
+    return F.batch_norm(x, torch.zeros(n), torch.ones(n), weight, bias, False, 0.0, 0.0)
+
+
+def activate(layer, x):
+    if layer.activation == RELU:
+        return F.relu(x)
+    if layer.activation == LEAKY_RELU:
+        return F.leaky_relu(x, LEAKY_RELU_ALPHA)   # the slope the DPU has, whatever the model's
+    if layer.activation == RELU6:
+        return F.relu6(x)
+    return x
+
+
+def float_network(x, params, chain):
+    """The float model's forward on float parameters [(weight, bias), ...] (BatchNorm1d
+    folded), with the DPU's leaky slope: the targets of fast finetune."""
+    for layer, (weight, bias) in zip(chain.layers, params):
+        x = activate(layer, layer_forward(layer, x, weight, bias))
+    return x
 
 
 def quantized_network(x, params, chain, positions, quantize):
@@ -25,11 +53,9 @@ def quantized_network(x, params, chain, positions, quantize):
     param, output = positions["param"], positions["output"]
     x = quantize(x, output[chain.input_tensor], HALF_UP)
     for layer, (weight, bias) in zip(chain.layers, params):
-        x = F.linear(x, quantize(weight, param[layer.weight_key], HALF_AWAY),
-                     quantize(bias, param[layer.bias_key], HALF_AWAY))
-        if layer.relu:
-            x = F.relu(x)
-        x = quantize(x, output[layer.output_tensor], HALF_UP)
+        x = layer_forward(layer, x, quantize(weight, param[layer.weight_key], HALF_AWAY),
+                          quantize(bias, param[layer.bias_key], HALF_AWAY))
+        x = quantize(activate(layer, x), output[layer.output_tensor], HALF_UP)
     return x
 
 
@@ -46,19 +72,19 @@ class QuantModel(nn.Module):
         self.calib = calib
         self.positions = positions if positions is not None else {"param": {}, "output": {}}
         self.history = {key: collections.Counter() for key in chain.activation_tensors()}
-        # Float parameters, kept apart from the caller's model (it stays unchanged).
-        self.linears = nn.ModuleList(copy.deepcopy(layer.linear) for layer in chain.layers)
-        for linear in self.linears:
-            linear.requires_grad_(False)
-        self.float_params = [(lin.weight.detach().clone(), lin.bias.detach().clone()) for lin in self.linears]
+        # Float parameters, kept apart from the caller's model (it stays unchanged);
+        # `params` are the ones in use, on their grids once calibrated.
+        self.float_params = [layer.float_params() for layer in chain.layers]
+        self.params = [(w.clone(), b.clone()) for w, b in self.float_params]
         self.corrections = None
         self.dumps = None      # when a dict, the forward records every tensor it computes
         self.capture = None    # when a list, the forward appends every input batch (fast finetune)
         self.params_ready = False
         self.overflow_warned = set()   # tensors whose int32 overflow was reported
         if calib:
-            if param_corr:
-                self.corrections = [BiasCorrection(w, b) for w, b in self.float_params]
+            if param_corr:   # Linear layers only: BatchNorm1d parameters are not corrected
+                self.corrections = [BiasCorrection(w, b) if layer.kind == DENSE else None
+                                    for layer, (w, b) in zip(chain.layers, self.float_params)]
         else:
             self.use_test_params(self.float_params, bias_corr)
 
@@ -66,10 +92,10 @@ class QuantModel(nn.Module):
         """First calib forward: each parameter's position from its float values,
         then the parameter is replaced by its quantized value, in place."""
         param = self.positions["param"]
-        for layer, linear in zip(self.chain.layers, self.linears):
-            for key, tensor in ((layer.weight_key, linear.weight), (layer.bias_key, linear.bias)):
+        for layer, pair in zip(self.chain.layers, self.params):
+            for key, tensor in zip((layer.weight_key, layer.bias_key), pair):
                 param[key] = fix_position(tensor, PARAM_SCOPE, HALF_AWAY, key)
-                tensor.data = fake_quantize(tensor.data, param[key], HALF_AWAY)
+                tensor.copy_(fake_quantize(tensor, param[key], HALF_AWAY))
         self.params_ready = True
 
     def use_test_params(self, params, bias_corr=None, positions=None):
@@ -81,11 +107,12 @@ class QuantModel(nn.Module):
         if positions is not None:
             self.positions = positions
         param = self.positions["param"]
-        for layer, linear, (weight, bias) in zip(self.chain.layers, self.linears, params):
-            if bias_corr:
+        self.params = []
+        for layer, (weight, bias) in zip(self.chain.layers, params):
+            if bias_corr and layer.node in bias_corr:
                 bias = torch.sub(bias, torch.tensor(bias_corr[layer.node], dtype=bias.dtype))
-            linear.weight.data = fake_quantize(weight, param[layer.weight_key], HALF_AWAY)
-            linear.bias.data = fake_quantize(bias, param[layer.bias_key], HALF_AWAY)
+            self.params.append((fake_quantize(weight, param[layer.weight_key], HALF_AWAY),
+                                fake_quantize(bias, param[layer.bias_key], HALF_AWAY)))
         self.params_ready = True
 
     def activation(self, key, x, scope):
@@ -122,16 +149,16 @@ class QuantModel(nn.Module):
         if self.calib and not self.params_ready:
             self.calibrate_params()
         x = self.activation(self.chain.input_tensor, x.float(), INPUT_SCOPE)
-        for k, (layer, linear) in enumerate(zip(self.chain.layers, self.linears)):
-            out = F.linear(x, linear.weight, linear.bias)
-            if layer.relu:
+        for k, (layer, (weight, bias)) in enumerate(zip(self.chain.layers, self.params)):
+            out = layer_forward(layer, x, weight, bias)
+            if layer.activation:
                 self.record(layer.node, out)
             else:
                 out = self.activation(layer.node, out, PARAM_SCOPE)
-            if self.corrections is not None:
-                self.corrections[k].update(x, out, linear.bias.data)
-            if layer.relu:
-                out = self.activation(layer.relu_node, F.relu(out), PARAM_SCOPE)
+            if self.corrections is not None and self.corrections[k] is not None:
+                self.corrections[k].update(x, out, bias)
+            if layer.activation:
+                out = self.activation(layer.act_node, activate(layer, out), PARAM_SCOPE)
             x = out
         return x
 
@@ -141,6 +168,7 @@ class QuantModel(nn.Module):
         if self.corrections is None:
             return None
         return {
-            layer.node: (b - linear.bias.data).tolist()
-            for layer, linear, (_, b) in zip(self.chain.layers, self.linears, self.float_params)
+            layer.node: (b - bias).tolist()
+            for layer, (_, bias), (_, b) in zip(self.chain.layers, self.params, self.float_params)
+            if layer.kind == DENSE
         }

@@ -32,6 +32,8 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         self.output_dir = output_dir
         self.options = parse_nndct_options(sys.argv[1:])
         self.chain = trace_chain(module)
+        for message in self.chain.messages:   # what the real quantizer says about these layers
+            print(message)
         self.calibration_result, self.ft_params = None, None   # set by fast_finetune
         if quant_mode == "calib":
             self.quant_model = QuantModel(self.chain, calib=True, param_corr=self.options["nndct_param_corr"])
@@ -80,7 +82,7 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         inputs, model.capture = model.capture, None
         if not inputs:
             raise InputError("fast_finetune: the run function ran no forward on quant_model")
-        start = [(linear.weight.data.clone(), linear.bias.data.clone()) for linear in model.linears]
+        start = [(w.clone(), b.clone()) for w, b in model.params]
         tuned = finetune.fast_finetune(self.chain, positions, model.float_params, start, torch.cat(inputs))
         model.use_test_params(tuned)
         for problem in check_positions(self.chain, positions):   # finetuning keeps positions: a guard

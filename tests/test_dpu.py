@@ -146,14 +146,28 @@ def reference(model, x_float):
          for row in np.asarray(x_float, dtype=np.float32)]
     pres = []
     for layer, i in zip(model.layers, model.input_positions()):
-        pre = [[sum(Fraction(int(q) * int(wq)) * Fraction(2) ** -(i + layer.fp_w)
-                    for q, wq in zip(row, w_row))
-                + Fraction(int(bq)) * Fraction(2) ** -layer.fp_b
-                for w_row, bq in zip(layer.weight, layer.bias)] for row in h]
-        out = [[round_half_up(v * Fraction(2) ** layer.fp_out) for v in row] for row in pre]
-        h = [[clamp8(max(q, 0) if layer.activation else q) for q in row] for row in out]
+        if layer.kind == "scale":   # per channel: x * s + offset
+            pre = [[Fraction(int(q) * int(sq)) * Fraction(2) ** -(i + layer.fp_w)
+                    + Fraction(int(bq)) * Fraction(2) ** -layer.fp_b
+                    for q, sq, bq in zip(row, layer.weight, layer.bias)] for row in h]
+        else:
+            pre = [[sum(Fraction(int(q) * int(wq)) * Fraction(2) ** -(i + layer.fp_w)
+                        for q, wq in zip(row, w_row))
+                    + Fraction(int(bq)) * Fraction(2) ** -layer.fp_b
+                    for w_row, bq in zip(layer.weight, layer.bias)] for row in h]
+        activated = [[ACTIVATION[layer.activation](v) for v in row] for row in pre]
+        h = [[clamp8(round_half_up(v * Fraction(2) ** layer.fp_out)) for v in row] for row in activated]
         pres.append(pre)
     return h, pres
+
+
+# The activations on exact values (layers.md): leaky-relu's slope is 26/256, relu6 clamps to [0, 6].
+ACTIVATION = {
+    None: lambda v: v,
+    "relu": lambda v: max(v, 0),
+    "leaky-relu": lambda v: v if v >= 0 else v * Fraction(26, 256),
+    "relu6": lambda v: min(max(v, 0), 6),
+}
 
 
 def exact_pre(trace_layer):
@@ -170,16 +184,20 @@ def one_layer_model(weight, bias, fp_in, fp_w, fp_b, fp_out, relu=False):
 
 
 def random_model(rng):
+    """Matmul and scale layers with every activation, positions over wide ranges."""
     sizes = [int(s) for s in rng.integers(1, 7, size=rng.integers(2, 5))]
     layers = []
     for k in range(len(sizes) - 1):
+        scale = k > 0 and rng.integers(0, 3) == 0   # a BatchNorm1d: keeps the width
+        out = sizes[k] if scale else sizes[k + 1]
+        sizes[k + 1] = out
         layers.append(IntLayer(
             name="l{}".format(k + 1),
-            weight=rng.integers(-128, 128, size=(sizes[k + 1], sizes[k])).astype(np.int8),
-            bias=rng.integers(-128, 128, size=sizes[k + 1]).astype(np.int8),
+            weight=rng.integers(-128, 128, size=(out,) if scale else (out, sizes[k])).astype(np.int8),
+            bias=rng.integers(-128, 128, size=out).astype(np.int8),
             fp_w=int(rng.integers(-2, 11)), fp_b=int(rng.integers(-2, 16)),
-            fp_out=int(rng.integers(-3, 12)), activation="relu" if rng.integers(0, 2) else None,
-            op_name="N__l{}".format(k + 1)))
+            fp_out=int(rng.integers(-3, 12)), activation=[None, "relu", "leaky-relu", "relu6"][rng.integers(0, 4)],
+            op_name="N__l{}".format(k + 1), kind="scale" if scale else "matmul"))
     return IntModel(net_name="N", input_op_name="N__input_0", input_size=sizes[0],
                     fp_in=int(rng.integers(-2, 9)), layers=layers)
 
@@ -306,3 +324,28 @@ def test_check_model_names_the_layer():
     model.layers[0].weight = np.array([[1, 300]])
     with pytest.raises(ValueError, match="layer l1: weight is not int8"):
         dpu.check_model(model)
+
+
+def test_random_models_round_trip_through_the_xmodel(tmp_path):
+    """Every op kind and activation, at batches 1 and 4: written, read back, the same model."""
+    from vaiq.xmodel import write_xmodel
+    rng = np.random.default_rng(7)
+    kinds = set()
+    for k in range(40):
+        model = random_model(rng)
+        model.batch = int(rng.choice([1, 4]))
+        for n, layer in enumerate(model.layers):
+            layer.weight_op_name, layer.bias_op_name = "N__l{}_weight".format(n + 1), "N__l{}_bias".format(n + 1)
+            layer.activation_op_name = "N__act{}".format(n + 1) if layer.activation else None
+            kinds.add((layer.kind, layer.activation))
+        path = str(tmp_path / "m{}.xmodel".format(k))
+        write_xmodel(model, path)
+        back = read_xmodel(path)
+        assert (back.batch, back.fp_in, back.input_size) == (model.batch, model.fp_in, model.input_size)
+        for ours, theirs in zip(back.layers, model.layers):
+            assert (ours.kind, ours.activation, ours.fp_w, ours.fp_b, ours.fp_out, ours.name) == \
+                (theirs.kind, theirs.activation, theirs.fp_w, theirs.fp_b, theirs.fp_out, theirs.name)
+            assert np.array_equal(ours.weight, theirs.weight) and np.array_equal(ours.bias, theirs.bias)
+        x = random_inputs(rng, model)
+        assert np.array_equal(dpu.outputs(back, x), dpu.outputs(model, x))
+    assert len(kinds) == 8   # matmul and scale, each with no activation, relu, leaky-relu, relu6

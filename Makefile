@@ -45,7 +45,10 @@ train:
 evaluate:
 	$(PY) run.py --data_dir data --evaluate --input_size 2 --model_name checkpoints/ffn_state_dict.pth
 
-# Stage 3: quantize (calibrate on data/test.npy), evaluate int8, deploy
+# Stage 3: quantize (calibrate on data/test.npy), evaluate int8, deploy at batch 4:
+# the batch DPUCADF8H's compiler (Vitis AI 1.4 to 2.5) takes
+DEPLOY_BATCH := 4
+
 calib:
 	$(PY) vai_q_pytorch_quant.py --data_dir data --quant_mode calib --batch_size 64
 
@@ -53,7 +56,7 @@ quant_test:
 	$(PY) vai_q_pytorch_quant.py --data_dir data --quant_mode test --evaluate --batch_size 64
 
 deploy:
-	$(PY) vai_q_pytorch_quant.py --data_dir data --quant_mode test --deploy --batch_size 64
+	$(PY) vai_q_pytorch_quant.py --data_dir data --quant_mode test --deploy --deploy_batch $(DEPLOY_BATCH) --batch_size 64
 
 # The deployed xmodel on the integer DPU reference, checked against the deploy dumps
 simulate:

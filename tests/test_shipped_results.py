@@ -1,5 +1,6 @@
 """The committed quantize_result/ is what the pipeline's commands give for the
-shipped checkpoint on data/test.npy (calibration and evaluation at batch 64)."""
+shipped checkpoint on data/test.npy (calibration and evaluation at batch 64, deploy
+at batch 4 for DPUCADF8H)."""
 import os
 
 import numpy as np
@@ -20,7 +21,7 @@ COMMON = ["--data_dir", os.path.join(REPO, "data"), "--checkpoint_dir", os.path.
 def regenerated(tmp_path_factory):
     out = tmp_path_factory.mktemp("shipped") / "quantize_result"
     with pytest.MonkeyPatch.context() as mp:
-        for mode in (["--quant_mode", "calib"], ["--quant_mode", "test", "--deploy"]):
+        for mode in (["--quant_mode", "calib"], ["--quant_mode", "test", "--deploy", "--deploy_batch", "4"]):
             argv = COMMON + ["--output_dir", str(out)] + mode
             mp.setattr("sys.argv", ["vai_q_pytorch_quant.py"] + argv)
             assert vai_q_pytorch_quant.main(argv) == 0
@@ -54,6 +55,8 @@ def test_committed_xmodel_and_dumps_equal_a_regeneration(regenerated):
 
 def test_committed_xmodel_on_the_integer_reference_gives_the_documented_mse():
     rows = np.load(os.path.join(REPO, "data", "test.npy"))
-    outputs = dpu.outputs(read_xmodel(os.path.join(SHIPPED, "FFN_int.xmodel")), rows[:, :2])
+    model = read_xmodel(os.path.join(SHIPPED, "FFN_int.xmodel"))
+    assert model.batch == 4
+    outputs = dpu.outputs(model, rows[:, :2])
     mse = float(np.mean((outputs[:, 0].astype(np.float64) - rows[:, 2]) ** 2))
     assert mse == pytest.approx(2.142314e-04, rel=1e-6)

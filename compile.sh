@@ -6,20 +6,21 @@
 #     ARCH        an arch.json path, or a DPU name looked up in the Vitis AI docker as
 #                 /opt/vitis_ai/compiler/arch/<DPU>/<board>/arch.json: DPUCADF8H uses U250,
 #                 another DPU its only board (default DPUCADF8H). DPUCADX8G is refused:
-#                 it has no PyTorch front end.
+#                 it has no PyTorch front end. dpu_targets.py: what each DPU needs.
 #     NET_NAME    name of the compiled network (default FFN_qd)
 #     OUTPUT_DIR  gets NET_NAME.xmodel, meta.json, md5sum.txt and the compiler's output in
 #                 vai_c_xir.log (default compile_output)
 #   Environment:
-#     COMPILE_DATA     .npy for the integer DPU reference (default data/test.npy if present);
-#                      its row 0 must be the deploy row
+#     COMPILE_DATA     .npy for the integer DPU reference (default data/test.npy if present):
+#                      the data the xmodel was calibrated on, its first rows the deploy rows
 #     COMPILE_TIMEOUT  time limit of vai_c_xir in seconds (default 600)
 #     PY               the Python for preflight.py (default: python inside the docker, where
 #                      vai_c_xir is, else .venv/bin/python, else python3)
 #
-# preflight.py first checks the xmodel (batch 1, supported ops, fix attributes), every
-# layer's shift_cut and shift_bias, and the arch, and runs the integer DPU reference on
-# the data (MSE, and the quantizer's deploy-check dumps); one line per finding.
+# preflight.py first checks the xmodel (supported ops, fix attributes), every layer's
+# shift_cut and shift_bias, the arch, the batch the target's compiler takes (DPUCADF8H: 4,
+# other DPUs 1), and runs the integer DPU reference on the data (MSE, and the quantizer's
+# deploy-check dumps); one line per finding.
 # vai_c_xir then runs with stdin closed and a time limit, because the DPUCADF8H compiler
 # of Vitis AI 1.3 stops at a leftover (Pdb) breakpoint.
 #

@@ -1,7 +1,8 @@
 """compile.sh: the pre-flight checks, then vai_c_xir with closed stdin and a time limit.
 
 vai_c_xir exists only in the Vitis AI docker; here small stand-in scripts on PATH
-play it: one that compiles, the known failures, and the (Pdb) prompt of Vitis AI 1.3.
+play it: one that compiles (it writes a file of tests/fixtures/golden/compiled/),
+the known failures, and the (Pdb) prompt of Vitis AI 1.3.
 """
 import json
 import os
@@ -15,15 +16,25 @@ import numpy as np
 import pytest
 from conftest import REPO, assert_clean_error
 
+import dpu_targets
 import preflight
 from checked_io import InputError
 from vaiq.xmodel import read_graph, read_xmodel, serialize_graph, write_xmodel
 
 COMPILE = os.path.join(REPO, "compile.sh")
-GOLDEN = os.path.join(REPO, "tests", "fixtures", "golden", "p1_trained_in2")
+GOLDEN_ROOT = os.path.join(REPO, "tests", "fixtures", "golden")
+# The batch-4 deploy of p1's model: what DPUCADF8H compiles.
+GOLDEN = os.path.join(GOLDEN_ROOT, "p4_trained_in2_deploy4")
 GOLDEN_RESULT = os.path.join(GOLDEN, "expected", "quantize_result")
+BATCH_1_XMODEL = os.path.join(GOLDEN_ROOT, "p1_trained_in2", "expected", "quantize_result", "FFN_int.xmodel")
+COMPILED = os.path.join(GOLDEN_ROOT, "compiled")
+ON_DPU = os.path.join(COMPILED, "FFN_qd_dpu.xmodel")
 
-# Bodies of the stand-in vai_c_xir (sh scripts). "{argv}" is the file that records the arguments.
+DEPLOY_4 = ("deploy at batch 4: python vai_q_pytorch_quant.py --data_dir data --quant_mode test --deploy "
+            "--deploy_batch 4 --batch_size 64")
+
+# Bodies of the stand-in vai_c_xir (sh scripts). "{argv}" is the file that records the arguments,
+# "{compiled}" the file that "ok" writes as the compiled xmodel.
 COMPILERS = {
     "ok": """printf '%s\\n' "$@" > "{argv}"
 while [ $# -gt 0 ]; do
@@ -31,7 +42,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 echo "compiling $name"
-echo xmodel > "$out/$name.xmodel"
+cp "{compiled}" "$out/$name.xmodel"
 echo md5 > "$out/md5sum.txt"
 echo '{{}}' > "$out/meta.json"
 """,
@@ -49,14 +60,14 @@ echo '{{}}' > "$out/meta.json"
 
 @pytest.fixture
 def project(tmp_path):
-    """A project folder with the golden deploy output, its data as data/test.npy and an arch.json."""
+    """A project folder with a golden batch-4 deploy output, its data as data/test.npy and an arch.json."""
     result = tmp_path / "quantize_result"
     result.mkdir()
     shutil.copy(os.path.join(GOLDEN_RESULT, "FFN_int.xmodel"), str(result))
     dumps = "deploy_check_data_int"
     shutil.copytree(os.path.join(GOLDEN_RESULT, dumps), str(result / dumps))
     (tmp_path / "data").mkdir()
-    # The golden deploy ran on row 0 of calib.npy.
+    # The golden deploy ran on rows 0 to 3 of calib.npy.
     shutil.copy(os.path.join(GOLDEN, "calib.npy"), str(tmp_path / "data" / "test.npy"))
     arch = tmp_path / "arch" / "arch.json"
     arch.parent.mkdir()
@@ -64,16 +75,17 @@ def project(tmp_path):
     return tmp_path
 
 
-def compile_command(cwd, *args, compiler=None, env=None):
+def compile_command(cwd, *args, compiler=None, env=None, compiled=ON_DPU):
     """The command and environment that run compile.sh with the stand-in `compiler` as the
-    only vai_c_xir on PATH."""
+    only vai_c_xir on PATH ("ok" writes the file `compiled`)."""
     path = [d for d in os.environ["PATH"].split(os.pathsep)
             if d and not os.path.exists(os.path.join(d, "vai_c_xir"))]
     if compiler:
         bin_dir = cwd / "bin"
         bin_dir.mkdir(exist_ok=True)
         script = bin_dir / "vai_c_xir"
-        script.write_text("#!/bin/sh\n" + COMPILERS[compiler].format(argv=cwd / "argv.txt") + "\n")
+        script.write_text("#!/bin/sh\n" + COMPILERS[compiler].format(argv=cwd / "argv.txt", compiled=compiled)
+                          + "\n")
         script.chmod(0o755)
         path.insert(0, str(bin_dir))
     environment = dict(os.environ, PATH=os.pathsep.join(path), PY=sys.executable, COMPILE_TIMEOUT="20")
@@ -82,8 +94,8 @@ def compile_command(cwd, *args, compiler=None, env=None):
     return ["bash", COMPILE] + [str(a) for a in args], environment
 
 
-def run_compile(cwd, *args, compiler=None, env=None, stdin=subprocess.DEVNULL):
-    command, environment = compile_command(cwd, *args, compiler=compiler, env=env)
+def run_compile(cwd, *args, compiler=None, env=None, stdin=subprocess.DEVNULL, compiled=ON_DPU):
+    command, environment = compile_command(cwd, *args, compiler=compiler, env=env, compiled=compiled)
     return subprocess.run(command, cwd=str(cwd), env=environment, stdin=stdin, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
 
@@ -110,12 +122,14 @@ def test_good_run(project):
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stderr == ""
     findings = finding_lines(run.stdout)
-    assert [line.split(":")[0] for line in findings] == ["ok"] * 5, run.stdout
-    assert "parses: 3 layers (2 -> 6 -> 4 -> 1), batch 1, ops data/const/fix/matmul/relu" in findings[0]
+    assert [line.split(":")[0] for line in findings] == ["ok"] * 6, run.stdout
+    assert "parses: 3 layers (2 -> 6 -> 4 -> 1), batch 4, ops data/const/fix/matmul/relu" in findings[0]
     assert findings[1] == "ok: shifts in the DPU ranges: l1 cut 7 bias 6, l2 cut 7 bias 5, l3 cut 6 bias 4"
     assert findings[2] == "ok: arch {} (target DPUCADF8H)".format(args[1])
-    assert "integer reference on data/test.npy: 1000 rows, MSE " in findings[3]
-    assert "deploy check: all 22 tensors" in findings[4]
+    assert findings[3] == "ok: batch 4, the batch DPUCADF8H's compiler takes"
+    assert findings[4] == "ok: integer reference on data/test.npy: 1000 rows, MSE 1.862041e-04"
+    assert findings[5].startswith("ok: deploy check: all 22 tensors")
+    assert findings[5].endswith("match the integer reference on rows 0 to 3")
     assert (project / "argv.txt").read_text().splitlines() == [
         "-x", str(args[0]), "-a", str(args[1]), "-n", "NET", "-o", str(args[3])]
     assert "compiling NET" in run.stdout            # the compiler's output is shown...
@@ -145,7 +159,7 @@ def test_no_compiler_runs_the_checks_with_the_defaults(project):
     run = run_compile(project)
     assert_fails(run, 3, "vai_c_xir not found", "Vitis AI docker", "conda activate vitis-ai-pytorch")
     findings = finding_lines(run.stdout)
-    assert [line.split(":")[0] for line in findings] == ["ok", "ok", "skip", "ok", "ok"], run.stdout
+    assert [line.split(":")[0] for line in findings] == ["ok", "ok", "skip", "ok", "ok", "ok"], run.stdout
     assert "quantize_result/FFN_int.xmodel parses" in findings[0]
     assert findings[2].startswith("skip: arch DPUCADF8H: /opt/vitis_ai/compiler/arch is not on this machine")
     assert not (project / "compile_output").exists()
@@ -264,14 +278,65 @@ def write_changed_graph(path, change):
     path.write_bytes(serialize_graph(graph))
 
 
-def test_batch_above_1(project):
-    xmodel = project / "batch4.xmodel"
+def write_arch(project, relative, content):
+    arch = project / relative
+    arch.parent.mkdir(parents=True, exist_ok=True)
+    arch.write_text(json.dumps(content))
+    return arch
 
-    def batch_4(ops):
-        ops["FFN__input_0"].op_attr["shape"].int32_vec_value.value[0] = 4
-    write_changed_graph(xmodel, batch_4)
-    assert_refused(run_compile(project, *compile_args(project, xmodel=xmodel), compiler="ok"),
-                   str(xmodel), "batch 4, the DPU compiles batch 1 only")
+
+@pytest.mark.parametrize("name, arch", [
+    ("path", ("opt/DPUCADF8H/U200/arch.json", {})),
+    ("arch.json target", ("arch/isa.json", {"target": "DPUCADF8H_ISA0"})),
+    ("fingerprint", ("arch/fingerprint.json", {"fingerprint": "0x700000000000000"})),
+])
+def test_dpucadf8h_refuses_batch_1_by_its_path_target_or_fingerprint(project, name, arch):
+    if isinstance(arch, tuple):
+        arch = write_arch(project, *arch)
+    xmodel = project / "batch1.xmodel"
+    shutil.copy(BATCH_1_XMODEL, str(xmodel))
+    run = run_compile(project, *compile_args(project, xmodel=xmodel, arch=arch), compiler="ok")
+    assert_refused(run, str(xmodel), "batch 1, but DPUCADF8H needs batch 4",
+                   "assigns every op of another batch to the CPU", "no DPU subgraph", DEPLOY_4)
+    assert "FAIL: {}: batch 1, but DPUCADF8H needs batch 4".format(xmodel) in run.stdout
+
+
+def test_dpucadf8h_refuses_batch_1_by_its_dpu_name_outside_the_docker(project):
+    xmodel = project / "batch1.xmodel"
+    shutil.copy(BATCH_1_XMODEL, str(xmodel))
+    run = run_compile(project, xmodel)
+    assert_refused(run, "batch 1, but DPUCADF8H needs batch 4", DEPLOY_4)
+    assert "skip: arch DPUCADF8H: /opt/vitis_ai/compiler/arch is not on this machine" in run.stdout
+
+
+def test_other_dpus_compile_batch_1_only(project):
+    arch = write_arch(project, "arch/zcu102.json", {"target": "DPUCZDX8G_ISA1_B4096"})
+    run = run_compile(project, *compile_args(project, arch=arch), compiler="ok")
+    assert_refused(run, str(project / "quantize_result" / "FFN_int.xmodel"),
+                   "batch 4, but this DPU compiles batch 1 only", "deploy at batch 1:", "--deploy_batch 1")
+    run = run_compile(project, *compile_args(project, xmodel=BATCH_1_XMODEL, arch=arch), compiler="ok")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ok: batch 1, the batch this DPU's compiler takes" in run.stdout
+
+
+def test_target_table():
+    assert dpu_targets.by_name("/opt/vitis_ai/compiler/arch/DPUCADF8H/U250/arch.json") is dpu_targets.DPUCADF8H
+    assert dpu_targets.by_name("dpucadf8h_isa0") is dpu_targets.DPUCADF8H
+    assert dpu_targets.by_name("DPUCZDX8G_ISA1_B4096") is None
+    assert dpu_targets.by_fingerprint("0x700000000000000") is dpu_targets.DPUCADF8H
+    assert dpu_targets.by_fingerprint(0x700000000000000) is dpu_targets.DPUCADF8H
+    assert dpu_targets.by_fingerprint("0x1000020F6014407") is None
+    assert dpu_targets.by_fingerprint("not a number") is None
+    assert [dpu_targets.required_batch(t) for t in (dpu_targets.DPUCADF8H, dpu_targets.DPUCADX8G, None)] == [4, 1, 1]
+    assert dpu_targets.DPUCADF8H.arch_path() == "/opt/vitis_ai/compiler/arch/DPUCADF8H/U250/arch.json"
+
+
+def test_missing_dpucadf8h_arch_names_the_releases_that_have_it(project):
+    """In a Vitis AI 3.x docker vai_c_xir exists but DPUCADF8H's arch folder does not."""
+    run = run_compile(project, *compile_args(project, arch="DPUCADF8H"), compiler="ok")
+    assert_refused(run, "/opt/vitis_ai/compiler/arch/DPUCADF8H/U250/arch.json: arch file not found",
+                   "DPUCADF8H's arch.json ships only in Vitis AI 1.3 to 2.5 (dropped in 3.0)",
+                   "xilinx/vitis-ai-cpu", "1.4.1.978")
 
 
 def test_missing_fix_attribute(project):
@@ -294,9 +359,22 @@ def test_illegal_shifts_name_the_layer_and_positions(project):
 
 
 def test_data_that_does_not_fit_the_xmodel(project):
-    data = os.path.join(REPO, "tests", "fixtures", "golden", "p3_random_in4", "calib.npy")
+    data = os.path.join(GOLDEN_ROOT, "p3_random_in4", "calib.npy")
     run = run_compile(project, *compile_args(project), compiler="ok", env={"COMPILE_DATA": data})
-    assert_refused(run, data, "has 5 columns, expected 3")
+    assert_refused(run, data, "has 5 columns, expected 3", "takes 2 features", "COMPILE_DATA")
+
+
+def test_default_data_that_does_not_fit_the_xmodel_names_compile_data(project):
+    """An --input_size 4 xmodel checked against the default data/test.npy of 2 features."""
+    result = os.path.join(GOLDEN_ROOT, "p3_random_in4", "expected", "quantize_result")
+    xmodel = project / "in4" / "FFN_int.xmodel"
+    xmodel.parent.mkdir()
+    model = read_xmodel(os.path.join(result, "FFN_int.xmodel"))
+    model.batch = 4
+    write_xmodel(model, str(xmodel))
+    run = run_compile(project, *compile_args(project, xmodel=xmodel), compiler="ok")
+    assert_refused(run, "data/test.npy: has 3 columns, expected 5", "takes 4 features",
+                   "pass the data it was calibrated on", "COMPILE_DATA=FILE.npy")
 
 
 def test_a_differing_deploy_dump_fails(project):
@@ -306,12 +384,29 @@ def test_a_differing_deploy_dump_fails(project):
     assert_refused(run, "deploy check: 1 of 22 tensors differ", "FFN__FFN_ret_7_fix.bin")
 
 
+def test_a_difference_in_deploy_row_3_fails(project):
+    dump = project / "quantize_result" / "deploy_check_data_int" / "FFN" / "FFN__FFN_Linear_l3__ret_fix.bin"
+    q = bytearray(dump.read_bytes())
+    q[3] ^= 1
+    dump.write_bytes(bytes(q))
+    run = run_compile(project, *compile_args(project), compiler="ok")
+    assert_refused(run, "deploy check: 1 of 22 tensors differ", "FFN__FFN_Linear_l3__ret_fix.bin: 1 of 4 values")
+
+
 def test_data_without_the_deploy_row_skips_the_deploy_check(project):
     data = project / "data" / "shifted.npy"
     np.save(str(data), np.load(str(project / "data" / "test.npy"))[1:])
     run = run_compile(project, *compile_args(project), compiler="ok", env={"COMPILE_DATA": data})
     assert run.returncode == 0, run.stderr
-    assert "skip: deploy check: row 0 of" in run.stdout
+    assert "skip: deploy check: rows 0 to 3 of {} are not the deploy rows".format(data) in run.stdout
+
+
+def test_data_with_fewer_rows_than_the_batch_skips_the_deploy_check(project):
+    data = project / "data" / "three.npy"
+    np.save(str(data), np.load(str(project / "data" / "test.npy"))[:3])
+    run = run_compile(project, *compile_args(project), compiler="ok", env={"COMPILE_DATA": data})
+    assert run.returncode == 0, run.stderr
+    assert "skip: deploy check: {}: has 3 rows, fewer than the xmodel's batch 4".format(data) in run.stdout
 
 
 def test_bad_timeout(project):

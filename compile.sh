@@ -22,11 +22,14 @@
 # other DPUs 1), and runs the integer DPU reference on the data (MSE, and the quantizer's
 # deploy-check dumps); one line per finding.
 # vai_c_xir then runs with stdin closed and a time limit, because the DPUCADF8H compiler
-# of Vitis AI 1.3 stops at a leftover (Pdb) breakpoint.
+# of Vitis AI 1.3 stops at a leftover (Pdb) breakpoint. Its output NET_NAME.xmodel is read
+# back: its subgraphs are printed (which run on the DPU, which stayed on the CPU), and one
+# with no DPU subgraph is a failure.
 #
 # Exit codes:
-#   0  compiled: OUTPUT_DIR/NET_NAME.xmodel written
-#   1  vai_c_xir failed, or wrote no OUTPUT_DIR/NET_NAME.xmodel
+#   0  compiled: OUTPUT_DIR/NET_NAME.xmodel written, with a DPU subgraph
+#   1  vai_c_xir failed, wrote no OUTPUT_DIR/NET_NAME.xmodel, an unreadable one, or one
+#      with no DPU subgraph (every op left on the CPU)
 #   2  bad input or a failed pre-flight check
 #   3  no vai_c_xir on PATH (outside the Vitis AI docker): the checks ran, nothing compiled
 #   4  vai_c_xir stopped at a (Pdb) prompt or ran out of time
@@ -107,6 +110,8 @@ if (( status == 124 || status == 137 )); then   # 137: killed 10 s after the tim
         "(COMPILE_TIMEOUT sets the limit; see $log)"
 fi
 if (( status == 0 )) && [[ -n $after && $after != "$before" ]]; then
+    # Its subgraphs, and exit code 1 with one line if none is on the DPU or the file is unreadable.
+    "$PY" "$HERE/preflight.py" "$XMODEL" "$ARCH" --compiled "$net_xmodel" || exit $EXIT_COMPILER_FAILED
     echo "compiled: $net_xmodel"
     exit 0
 fi

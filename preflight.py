@@ -1,7 +1,9 @@
-"""Pre-flight checks of compile.sh: what can be checked before vai_c_xir runs.
+"""Pre-flight checks of compile.sh: what can be checked before vai_c_xir runs,
+and the check of what it wrote.
 
     python preflight.py XMODEL ARCH [--data FILE.npy] [--no_compiler]
     python preflight.py XMODEL ARCH --print_arch
+    python preflight.py XMODEL ARCH --compiled COMPILED_XMODEL
 
 Prints one line per finding: "ok: ...", "skip: ..." (cannot be checked here)
 or "FAIL: ..." naming the file. Any FAIL ends in one error line on stderr and
@@ -18,19 +20,23 @@ exit code 2. The checks:
   deploy_check_data_int/, its dumps are compared with the reference on the first
   rows (as many as the batch), which must be the deploy rows.
 --print_arch only prints the arch.json path that ARCH names.
+--compiled reads the compiler's output and prints its subgraphs: which run on
+the DPU, which stayed on the CPU. No DPU subgraph: exit code 1.
 """
 import json
 import os
+import sys
 
 from checked_io import ArgumentParser, InputError, cli
 from simulate import deploy_check, deploy_rows, dump_folder, load_data, run_reference
 from vaiq import legalize
-from vaiq.xmodel import SUPPORTED_OP_TYPES, XmodelError, graph_to_model, read_graph
+from vaiq.xmodel import SUPPORTED_OP_TYPES, XmodelError, _show, graph_to_model, read_graph, read_xmodel
 
 import dpu_targets
 from dpu_targets import ARCH_ROOT, DEPLOY_COMMAND
 
 DEFAULT_DATA = "data/test.npy"
+EXIT_NO_DPU_SUBGRAPH = 1
 
 
 class Report:
@@ -105,6 +111,15 @@ def read_arch(path, target=None):
              or dpu_targets.by_fingerprint(arch.get("fingerprint", "")))
     refuse_no_front_end(named, path)
     return named or target
+
+
+def target_of(arch, root=ARCH_ROOT):
+    """The Target that ARCH names: by its arch.json where readable, else by its name or path."""
+    target = dpu_targets.by_name(arch)
+    try:
+        return read_arch(resolve_arch(arch, root), target)
+    except InputError:      # checked before the compiler ran; here it only words a message
+        return target
 
 
 def describe_arch(path):
@@ -237,6 +252,62 @@ def check_deploy_dumps(report, path, model, features, data_path):
             len(checks), folder, which))
 
 
+# ---------------------------------------------------------------- the compiled xmodel
+
+def _ops_under(subgraph):
+    """The op names of a subgraph and all its descendants (XIR lists them at the leaves)."""
+    names = set(subgraph.op_name)
+    for child in subgraph.subg_child:
+        names |= _ops_under(child)
+    return names
+
+
+def device_subgraphs(graph, source):
+    """[(name, device, number of ops)] of the children of a compiled graph's root subgraph:
+    the partition vai_c_xir wrote (device USER, DPU or CPU)."""
+    if not graph.HasField("subg_root") or not graph.subg_root.subg_child:
+        raise InputError("{}: has no subgraph tree (its root subgraph has no children): not an xmodel "
+                         "written by vai_c_xir".format(source))
+    children = []
+    for child in graph.subg_root.subg_child:
+        device = child.subg_attr["device"] if "device" in child.subg_attr else None
+        if device is None or device.WhichOneof("value") != "string_value":
+            raise InputError("{}: subgraph {} has no string attribute device, not an xmodel written by "
+                             "vai_c_xir".format(source, _show(child.subgraph_name)))
+        children.append((_show(child.subgraph_name), _show(device.string_value), len(_ops_under(child))))
+    return children
+
+
+def plural(n, word):
+    return "{} {}{}".format(n, word, "" if n == 1 else "s")
+
+
+def check_compiled(path, compiled, target):
+    """Print the compiled graph's subgraphs; exit code 1 when none runs on the DPU."""
+    children = device_subgraphs(read_graph(compiled), compiled)
+    on = {device: [n for _, d, n in children if d == device] for device in ("DPU", "CPU")}
+    placed = ["{} ({})".format(plural(len(on[device]), "subgraph"), plural(sum(on[device]), "op"))
+              if on[device] else "none" for device in ("DPU", "CPU")]
+    print("compiled {}: on the DPU: {}; on the CPU: {}".format(compiled, *placed))
+    for name, device, n_ops in children:
+        print("  {}: {}, {}".format(name, device, plural(n_ops, "op")))
+    if on["DPU"]:
+        return 0
+    why = "see the compiler's output for why"
+    if target is not None and target.batch != dpu_targets.DEFAULT_BATCH:
+        batch = read_xmodel(path).batch
+        if batch != target.batch:
+            why = "the xmodel has batch {}, and {}'s compiler does that with any batch but {}; deploy at " \
+                  "batch {}: {}".format(batch, target.dpu, target.batch, target.batch,
+                                        DEPLOY_COMMAND.format(target.batch))
+        else:
+            why = "the xmodel has batch {}, the one {}'s compiler needs, so the cause is another: {}".format(
+                batch, target.dpu, why)
+    print("preflight.py: error: {}: no DPU subgraph: the compiler left every op of the network on the CPU; "
+          "{}".format(compiled, why), file=sys.stderr)
+    return EXIT_NO_DPU_SUBGRAPH
+
+
 # ---------------------------------------------------------------- main
 
 def parse_args():
@@ -250,6 +321,9 @@ def parse_args():
                         help="vai_c_xir is not available: the docker's arch folder need not exist")
     parser.add_argument("--print_arch", action="store_true",
                         help="only print the arch.json path that ARCH names")
+    parser.add_argument("--compiled", metavar="COMPILED_XMODEL",
+                        help="only check vai_c_xir's output: print its DPU and CPU subgraphs, exit code 1 "
+                             "if none runs on the DPU")
     return parser.parse_args()
 
 
@@ -258,6 +332,8 @@ def main():
     if args.print_arch:
         print(resolve_arch(args.arch))
         return 0
+    if args.compiled:
+        return check_compiled(args.xmodel, args.compiled, target_of(args.arch))
     report = Report()
     model = check_xmodel(report, args.xmodel)
     legal = model is not None and check_shifts(report, args.xmodel, model)

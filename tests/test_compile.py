@@ -1,4 +1,5 @@
-"""compile.sh: the pre-flight checks, then vai_c_xir with closed stdin and a time limit.
+"""compile.sh: the pre-flight checks, then vai_c_xir with closed stdin and a time limit,
+then the subgraphs of what it wrote.
 
 vai_c_xir exists only in the Vitis AI docker; here small stand-in scripts on PATH
 play it: one that compiles (it writes a file of tests/fixtures/golden/compiled/),
@@ -14,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_clean_error
+from conftest import REPO, assert_clean_error, run_script, snapshot
 
 import dpu_targets
 import preflight
@@ -28,7 +29,7 @@ GOLDEN = os.path.join(GOLDEN_ROOT, "p4_trained_in2_deploy4")
 GOLDEN_RESULT = os.path.join(GOLDEN, "expected", "quantize_result")
 BATCH_1_XMODEL = os.path.join(GOLDEN_ROOT, "p1_trained_in2", "expected", "quantize_result", "FFN_int.xmodel")
 COMPILED = os.path.join(GOLDEN_ROOT, "compiled")
-ON_DPU = os.path.join(COMPILED, "FFN_qd_dpu.xmodel")
+ON_DPU, ON_CPU = os.path.join(COMPILED, "FFN_qd_dpu.xmodel"), os.path.join(COMPILED, "FFN_qd_cpu.xmodel")
 
 DEPLOY_4 = ("deploy at batch 4: python vai_q_pytorch_quant.py --data_dir data --quant_mode test --deploy "
             "--deploy_batch 4 --batch_size 64")
@@ -134,8 +135,86 @@ def test_good_run(project):
         "-x", str(args[0]), "-a", str(args[1]), "-n", "NET", "-o", str(args[3])]
     assert "compiling NET" in run.stdout            # the compiler's output is shown...
     assert "compiling NET" in (project / "out" / "vai_c_xir.log").read_text()    # ...and kept
-    assert run.stdout.splitlines()[-1] == "compiled: {}".format(project / "out" / "NET.xmodel")
+    net = project / "out" / "NET.xmodel"
+    assert run.stdout.splitlines()[-4:] == [
+        "compiled {}: on the DPU: 1 subgraph (21 ops); on the CPU: none".format(net),
+        "  subgraph_FFN__input_0: USER, 1 op",
+        "  subgraph_FFN__FFN_Linear_l1__ret_1: DPU, 21 ops",
+        "compiled: {}".format(net)]
     assert {"NET.xmodel", "md5sum.txt", "meta.json"} <= set(os.listdir(str(project / "out")))
+
+
+def test_a_compiled_graph_without_dpu_subgraph_fails(project):
+    before = snapshot(str(project / "quantize_result"))
+    run = run_compile(project, *compile_args(project), compiler="ok", compiled=ON_CPU)
+    net = project / "out" / "NET.xmodel"
+    assert_fails(run, 1, str(net), "no DPU subgraph: the compiler left every op of the network on the CPU",
+                 "the xmodel has batch 4, the one DPUCADF8H's compiler needs", "see the compiler's output")
+    assert run.stdout.splitlines()[-3:] == [
+        "compiled {}: on the DPU: none; on the CPU: 1 subgraph (21 ops)".format(net),
+        "  subgraph_FFN__input_0: USER, 1 op",
+        "  subgraph_FFN__FFN_Linear_l1__ret_1: CPU, 21 ops"]
+    assert snapshot(str(project / "quantize_result")) == before
+
+
+def test_no_dpu_subgraph_of_a_batch_1_xmodel_is_explained_by_the_batch(project):
+    """What the DPUCADF8H compiler of Vitis AI 1.4 to 2.5 makes of a batch-1 xmodel (#518)."""
+    run = run_script("preflight.py", BATCH_1_XMODEL, "DPUCADF8H", "--compiled", ON_CPU, cwd=str(project))
+    assert_fails(run, 1, ON_CPU, "no DPU subgraph", "the xmodel has batch 1, and DPUCADF8H's compiler does that "
+                 "with any batch but 4", DEPLOY_4)
+    # Another DPU: no batch to blame.
+    run = run_script("preflight.py", BATCH_1_XMODEL, "DPUCZDX8G", "--compiled", ON_CPU, cwd=str(project))
+    assert_fails(run, 1, "no DPU subgraph", "see the compiler's output for why")
+    assert "batch" not in run.stderr
+
+
+def test_subgraph_tree_of_the_golden_files():
+    for path, device in ((ON_DPU, "DPU"), (ON_CPU, "CPU")):
+        assert preflight.device_subgraphs(read_graph(path), path) == [
+            ("subgraph_FFN__input_0", "USER", 1), ("subgraph_FFN__FFN_Linear_l1__ret_1", device, 21)]
+
+
+def test_ops_of_nested_subgraphs_are_counted_once():
+    graph = read_graph(ON_DPU)
+    dpu = graph.subg_root.subg_child[1]
+    names = list(dpu.op_name)
+    leaf = dpu.subg_child.add(subgraph_name="inner")
+    leaf.op_name.extend(names[:5] + ["extra_op"])
+    assert preflight.device_subgraphs(graph, "g")[1] == ("subgraph_FFN__FFN_Linear_l1__ret_1", "DPU", 22)
+
+
+def truncated(path):
+    data = open(ON_DPU, "rb").read()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def no_device(path):
+    graph = read_graph(ON_DPU)
+    del graph.subg_root.subg_child[1].subg_attr["device"]
+    path.write_bytes(serialize_graph(graph))
+
+
+@pytest.mark.parametrize("write, fragment", [
+    (truncated, "not a valid xmodel (protobuf parse error)"),
+    (lambda path: path.write_bytes(b"\xff\xfe not an xmodel"), "not a valid xmodel"),
+    (lambda path: path.write_bytes(b""), "is empty, not an xmodel"),
+    (lambda path: shutil.copy(BATCH_1_XMODEL, str(path)), "has no subgraph tree"),
+    (no_device, "subgraph subgraph_FFN__FFN_Linear_l1__ret_1 has no string attribute device"),
+])
+def test_an_unreadable_compiled_xmodel_fails(project, write, fragment):
+    compiled = project / "written.xmodel"
+    write(compiled)
+    before = snapshot(str(project / "quantize_result"))
+    run = run_compile(project, *compile_args(project), compiler="ok", compiled=compiled)
+    assert_fails(run, 1, str(project / "out" / "NET.xmodel"), fragment)
+    assert snapshot(str(project / "quantize_result")) == before
+    assert "compiled:" not in run.stdout
+
+
+def test_a_missing_compiled_xmodel(project):
+    missing = project / "none.xmodel"
+    run = run_script("preflight.py", BATCH_1_XMODEL, "DPUCADF8H", "--compiled", missing, cwd=str(project))
+    assert_fails(run, 2, str(missing), "xmodel file not found")
 
 
 def test_dpu_name_resolves_to_its_arch_json(tmp_path):

@@ -21,10 +21,10 @@
 # shift_cut and shift_bias, the arch, the batch the target's compiler takes (DPUCADF8H: 4,
 # other DPUs 1), and runs the integer DPU reference on the data (MSE, and the quantizer's
 # deploy-check dumps); one line per finding.
-# vai_c_xir then runs with stdin closed and a time limit, because the DPUCADF8H compiler
-# of Vitis AI 1.3 stops at a leftover (Pdb) breakpoint. Its output NET_NAME.xmodel is read
-# back: its subgraphs are printed (which run on the DPU, which stayed on the CPU), and one
-# with no DPU subgraph is a failure.
+# vai_c_xir then runs with stdin closed and a time limit, and is stopped as soon as it
+# shows a (Pdb) prompt: the DPUCADF8H compiler of Vitis AI 1.3 stops at a leftover
+# breakpoint. Its output NET_NAME.xmodel is read back: its subgraphs are printed (which
+# run on the DPU, which stayed on the CPU), and one with no DPU subgraph is a failure.
 #
 # Exit codes:
 #   0  compiled: OUTPUT_DIR/NET_NAME.xmodel written, with a DPU subgraph
@@ -39,6 +39,7 @@ EXIT_COMPILER_FAILED=1
 EXIT_BAD_INPUT=2
 EXIT_NO_COMPILER=3
 EXIT_HUNG=4
+EXIT_INTERRUPTED=130
 
 XMODEL=${1:-quantize_result/FFN_int.xmodel}
 ARCH=${2:-DPUCADF8H}
@@ -93,17 +94,27 @@ echo "vai_c_xir -x $XMODEL -a $arch_json -n $NET_NAME -o $OUTPUT_DIR (time limit
 timeout -k 10 "$TIMEOUT" vai_c_xir -x "$XMODEL" -a "$arch_json" -n "$NET_NAME" -o "$OUTPUT_DIR" \
     </dev/null >>"$log" 2>&1 &
 compiler=$!
-trap 'kill -TERM $compiler 2>/dev/null; wait $compiler; fail 130 "interrupted; vai_c_xir stopped"' INT TERM
-tail -n +1 -s 0.1 -f --pid=$compiler "$log"
+trap 'kill -TERM $compiler 2>/dev/null; wait $compiler; fail $EXIT_INTERRUPTED "interrupted; vai_c_xir stopped"' INT TERM
+tail -n +1 -s 0.1 -f --pid=$compiler "$log" &
+# A (Pdb) prompt waits for a command forever, or until stdin ends; a compiler that ignores
+# the end of stdin is stopped as soon as its prompt shows, not at the time limit.
+while kill -0 $compiler 2>/dev/null; do
+    if grep -qF '(Pdb)' "$log"; then
+        kill -TERM $compiler 2>/dev/null
+        break
+    fi
+    sleep 0.2
+done
 wait $compiler
 status=$?
+wait    # for tail to show the rest of the log
 trap - INT TERM
 after=$(stat -c %y "$net_xmodel" 2>/dev/null)
 
-if grep -q '(Pdb)' "$log"; then
+if grep -qF '(Pdb)' "$log"; then
     fail $EXIT_HUNG "vai_c_xir stopped at a (Pdb) prompt: a debugger breakpoint left inside this compiler" \
         "release (Vitis AI 1.3 DPUCADF8H, gen_param_ddr_demo.py), not caused by the model;" \
-        "compile with Vitis AI 1.4 or later (see $log)"
+        "compile with Vitis AI 1.4 to 2.5, at batch 4 (see $log)"
 fi
 if (( status == 124 || status == 137 )); then   # 137: killed 10 s after the time limit
     fail $EXIT_HUNG "vai_c_xir did not finish within ${TIMEOUT} s and was stopped" \

@@ -30,7 +30,7 @@
 #   0  compiled: OUTPUT_DIR/NET_NAME.xmodel written, with a DPU subgraph
 #   1  vai_c_xir failed, wrote no OUTPUT_DIR/NET_NAME.xmodel, an unreadable one, or one
 #      with no DPU subgraph (every op left on the CPU)
-#   2  bad input or a failed pre-flight check
+#   2  bad input or a failed pre-flight check (also: no Python with the project's packages)
 #   3  no vai_c_xir on PATH (outside the Vitis AI docker): the checks ran, nothing compiled
 #   4  vai_c_xir stopped at a (Pdb) prompt or ran out of time
 set -u
@@ -69,14 +69,20 @@ if [[ -z ${PY:-} ]]; then
     else PY=python3
     fi
 fi
+command -v "$PY" >/dev/null 2>&1 || fail $EXIT_BAD_INPUT "no Python '$PY': set up the environment with" \
+    "'make install' (then .venv/bin/python is used), or inside the Vitis AI docker" \
+    "'pip install -r requirements.txt' (or set PY)"
 
 preflight=("$PY" "$HERE/preflight.py" "$XMODEL" "$ARCH")
 [[ -n ${COMPILE_DATA:-} ]] && preflight+=(--data "$COMPILE_DATA")
 [[ -z $have_compiler ]] && preflight+=(--no_compiler)
 "${preflight[@]}" || exit    # its one-line error is printed; 2 for a failed check
 
-[[ -n $have_compiler ]] || fail $EXIT_NO_COMPILER "vai_c_xir not found: compiling needs the Vitis AI docker" \
-    "(conda activate vitis-ai-pytorch); the checks above ran"
+if [[ -z $have_compiler ]]; then  # the expected end on a plain machine, hence no "error:"
+    echo "compile.sh: vai_c_xir not found (expected outside the Vitis AI docker): the checks above ran;" \
+        "compiling needs the docker (conda activate vitis-ai-pytorch)" >&2
+    exit $EXIT_NO_COMPILER
+fi
 
 arch_json=$("$PY" "$HERE/preflight.py" "$XMODEL" "$ARCH" --print_arch) || exit
 mkdir -p "$OUTPUT_DIR" 2>/dev/null || fail $EXIT_BAD_INPUT "$OUTPUT_DIR: cannot create the output folder"

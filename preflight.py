@@ -27,10 +27,16 @@ import json
 import os
 import sys
 
-from checked_io import ArgumentParser, InputError, cli
-from simulate import deploy_check, deploy_rows, dump_folder, load_data, run_reference
-from vaiq import legalize
-from vaiq.xmodel import SUPPORTED_OP_TYPES, XmodelError, _show, graph_to_model, read_graph, read_xmodel
+try:
+    from checked_io import ArgumentParser, InputError, cli
+    from simulate import deploy_check, deploy_rows, dump_folder, load_data, run_reference
+    from vaiq import legalize
+    from vaiq.xmodel import SUPPORTED_OP_TYPES, XmodelError, _show, graph_to_model, read_graph, read_xmodel
+except ImportError as e:    # a Python without the project's packages (numpy, protobuf)
+    sys.stderr.write("preflight.py: error: {} cannot import what the checks need ({}): set up the "
+                     "environment with 'make install' (compile.sh then takes .venv/bin/python), or inside "
+                     "the Vitis AI docker 'pip install -r requirements.txt'\n".format(sys.executable, e))
+    sys.exit(2)
 
 import dpu_targets
 from dpu_targets import ARCH_ROOT, DEPLOY_COMMAND

@@ -95,8 +95,8 @@ def resolve_arch(arch, root=ARCH_ROOT):
 
 
 def read_arch(path, target=None):
-    """The target an arch.json names by its "target" or "fingerprint" (else `target`, the one
-    its path names), after checking the file."""
+    """The Target an arch.json names by its "target" or "fingerprint" (if it has neither,
+    `target`: the one its path names), after checking the file."""
     if os.path.isdir(path):
         raise InputError("{}: is a folder, expected an arch.json file".format(path))
     try:
@@ -113,10 +113,13 @@ def read_arch(path, target=None):
         raise InputError("{}: not a JSON arch file (nested too deeply)".format(path))
     if not isinstance(arch, dict):
         raise InputError("{}: not a JSON arch file (expected an object)".format(path))
+    if "target" not in arch and "fingerprint" not in arch:
+        return target
+    # What the compiler reads wins over the path: None for a DPU not in dpu_targets.
     named = (dpu_targets.by_name(arch.get("target", ""))
              or dpu_targets.by_fingerprint(arch.get("fingerprint", "")))
     refuse_no_front_end(named, path)
-    return named or target
+    return named
 
 
 def target_of(arch, root=ARCH_ROOT):

@@ -417,6 +417,17 @@ def test_target_table():
     assert dpu_targets.DPUCADF8H.arch_path() == "/opt/vitis_ai/compiler/arch/DPUCADF8H/U250/arch.json"
 
 
+def test_the_arch_json_content_wins_over_its_path(tmp_path):
+    arch = tmp_path / "DPUCADF8H" / "U250" / "arch.json"
+    arch.parent.mkdir(parents=True)
+    arch.write_text("{}")
+    assert preflight.read_arch(str(arch), dpu_targets.by_name(str(arch))) is dpu_targets.DPUCADF8H
+    arch.write_text(json.dumps({"target": "DPUCZDX8G_ISA1_B4096"}))
+    assert preflight.read_arch(str(arch), dpu_targets.by_name(str(arch))) is None
+    arch.write_text(json.dumps({"fingerprint": "0x700000000000000"}))
+    assert preflight.read_arch(str(arch), None) is dpu_targets.DPUCADF8H
+
+
 def test_missing_dpucadf8h_arch_names_the_releases_that_have_it(project):
     """In a Vitis AI 3.x docker vai_c_xir exists but DPUCADF8H's arch folder does not."""
     run = run_compile(project, *compile_args(project, arch="DPUCADF8H"), compiler="ok")

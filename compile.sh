@@ -6,27 +6,31 @@
 #     ARCH        an arch.json path, or a DPU name looked up in the Vitis AI docker as
 #                 /opt/vitis_ai/compiler/arch/<DPU>/<board>/arch.json: DPUCADF8H uses U250,
 #                 another DPU its only board (default DPUCADF8H). DPUCADX8G is refused:
-#                 it has no PyTorch front end.
+#                 it has no PyTorch front end. dpu_targets.py: what each DPU needs.
 #     NET_NAME    name of the compiled network (default FFN_qd)
 #     OUTPUT_DIR  gets NET_NAME.xmodel, meta.json, md5sum.txt and the compiler's output in
 #                 vai_c_xir.log (default compile_output)
 #   Environment:
-#     COMPILE_DATA     .npy for the integer DPU reference (default data/test.npy if present);
-#                      its row 0 must be the deploy row
+#     COMPILE_DATA     .npy for the integer DPU reference (default data/test.npy if present):
+#                      the data the xmodel was calibrated on, its first rows the deploy rows
 #     COMPILE_TIMEOUT  time limit of vai_c_xir in seconds (default 600)
 #     PY               the Python for preflight.py (default: python inside the docker, where
 #                      vai_c_xir is, else .venv/bin/python, else python3)
 #
-# preflight.py first checks the xmodel (batch 1, supported ops, fix attributes), every
-# layer's shift_cut and shift_bias, and the arch, and runs the integer DPU reference on
-# the data (MSE, and the quantizer's deploy-check dumps); one line per finding.
-# vai_c_xir then runs with stdin closed and a time limit, because the DPUCADF8H compiler
-# of Vitis AI 1.3 stops at a leftover (Pdb) breakpoint.
+# preflight.py first checks the xmodel (supported ops, fix attributes), every layer's
+# shift_cut and shift_bias, the arch, the batch the target's compiler takes (DPUCADF8H: 4,
+# other DPUs 1), and runs the integer DPU reference on the data (MSE, and the quantizer's
+# deploy-check dumps); one line per finding.
+# vai_c_xir then runs with stdin closed and a time limit, and is stopped as soon as it
+# shows a (Pdb) prompt: the DPUCADF8H compiler of Vitis AI 1.3 stops at a leftover
+# breakpoint. Its output NET_NAME.xmodel is read back: its subgraphs are printed (which
+# run on the DPU, which stayed on the CPU), and one with no DPU subgraph is a failure.
 #
 # Exit codes:
-#   0  compiled: OUTPUT_DIR/NET_NAME.xmodel written
-#   1  vai_c_xir failed, or wrote no OUTPUT_DIR/NET_NAME.xmodel
-#   2  bad input or a failed pre-flight check
+#   0  compiled: OUTPUT_DIR/NET_NAME.xmodel written, with a DPU subgraph
+#   1  vai_c_xir failed, wrote no OUTPUT_DIR/NET_NAME.xmodel, an unreadable one, or one
+#      with no DPU subgraph (every op left on the CPU)
+#   2  bad input or a failed pre-flight check (also: no Python with the project's packages)
 #   3  no vai_c_xir on PATH (outside the Vitis AI docker): the checks ran, nothing compiled
 #   4  vai_c_xir stopped at a (Pdb) prompt or ran out of time
 set -u
@@ -35,6 +39,7 @@ EXIT_COMPILER_FAILED=1
 EXIT_BAD_INPUT=2
 EXIT_NO_COMPILER=3
 EXIT_HUNG=4
+EXIT_INTERRUPTED=130
 
 XMODEL=${1:-quantize_result/FFN_int.xmodel}
 ARCH=${2:-DPUCADF8H}
@@ -64,14 +69,20 @@ if [[ -z ${PY:-} ]]; then
     else PY=python3
     fi
 fi
+command -v "$PY" >/dev/null 2>&1 || fail $EXIT_BAD_INPUT "no Python '$PY': set up the environment with" \
+    "'make install' (then .venv/bin/python is used), or inside the Vitis AI docker" \
+    "'pip install -r requirements.txt' (or set PY)"
 
 preflight=("$PY" "$HERE/preflight.py" "$XMODEL" "$ARCH")
 [[ -n ${COMPILE_DATA:-} ]] && preflight+=(--data "$COMPILE_DATA")
 [[ -z $have_compiler ]] && preflight+=(--no_compiler)
 "${preflight[@]}" || exit    # its one-line error is printed; 2 for a failed check
 
-[[ -n $have_compiler ]] || fail $EXIT_NO_COMPILER "vai_c_xir not found: compiling needs the Vitis AI docker" \
-    "(conda activate vitis-ai-pytorch); the checks above ran"
+if [[ -z $have_compiler ]]; then  # the expected end on a plain machine, hence no "error:"
+    echo "compile.sh: vai_c_xir not found (expected outside the Vitis AI docker): the checks above ran;" \
+        "compiling needs the docker (conda activate vitis-ai-pytorch)" >&2
+    exit $EXIT_NO_COMPILER
+fi
 
 arch_json=$("$PY" "$HERE/preflight.py" "$XMODEL" "$ARCH" --print_arch) || exit
 mkdir -p "$OUTPUT_DIR" 2>/dev/null || fail $EXIT_BAD_INPUT "$OUTPUT_DIR: cannot create the output folder"
@@ -89,23 +100,35 @@ echo "vai_c_xir -x $XMODEL -a $arch_json -n $NET_NAME -o $OUTPUT_DIR (time limit
 timeout -k 10 "$TIMEOUT" vai_c_xir -x "$XMODEL" -a "$arch_json" -n "$NET_NAME" -o "$OUTPUT_DIR" \
     </dev/null >>"$log" 2>&1 &
 compiler=$!
-trap 'kill -TERM $compiler 2>/dev/null; wait $compiler; fail 130 "interrupted; vai_c_xir stopped"' INT TERM
-tail -n +1 -s 0.1 -f --pid=$compiler "$log"
+trap 'kill -TERM $compiler 2>/dev/null; wait $compiler; fail $EXIT_INTERRUPTED "interrupted; vai_c_xir stopped"' INT TERM
+tail -n +1 -s 0.1 -f --pid=$compiler "$log" &
+# A (Pdb) prompt waits for a command forever, or until stdin ends; a compiler that ignores
+# the end of stdin is stopped as soon as its prompt shows, not at the time limit.
+while kill -0 $compiler 2>/dev/null; do
+    if grep -qF '(Pdb)' "$log"; then
+        kill -TERM $compiler 2>/dev/null
+        break
+    fi
+    sleep 0.2
+done
 wait $compiler
 status=$?
+wait    # for tail to show the rest of the log
 trap - INT TERM
 after=$(stat -c %y "$net_xmodel" 2>/dev/null)
 
-if grep -q '(Pdb)' "$log"; then
+if grep -qF '(Pdb)' "$log"; then
     fail $EXIT_HUNG "vai_c_xir stopped at a (Pdb) prompt: a debugger breakpoint left inside this compiler" \
         "release (Vitis AI 1.3 DPUCADF8H, gen_param_ddr_demo.py), not caused by the model;" \
-        "compile with Vitis AI 1.4 or later (see $log)"
+        "compile with Vitis AI 1.4 to 2.5, at batch 4 (see $log)"
 fi
 if (( status == 124 || status == 137 )); then   # 137: killed 10 s after the time limit
     fail $EXIT_HUNG "vai_c_xir did not finish within ${TIMEOUT} s and was stopped" \
         "(COMPILE_TIMEOUT sets the limit; see $log)"
 fi
 if (( status == 0 )) && [[ -n $after && $after != "$before" ]]; then
+    # Its subgraphs, and exit code 1 with one line if none is on the DPU or the file is unreadable.
+    "$PY" "$HERE/preflight.py" "$XMODEL" "$ARCH" --compiled "$net_xmodel" || exit $EXIT_COMPILER_FAILED
     echo "compiled: $net_xmodel"
     exit 0
 fi

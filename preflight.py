@@ -1,37 +1,48 @@
-"""Pre-flight checks of compile.sh: what can be checked before vai_c_xir runs.
+"""Pre-flight checks of compile.sh: what can be checked before vai_c_xir runs,
+and the check of what it wrote.
 
     python preflight.py XMODEL ARCH [--data FILE.npy] [--no_compiler]
     python preflight.py XMODEL ARCH --print_arch
+    python preflight.py XMODEL ARCH --compiled COMPILED_XMODEL
 
 Prints one line per finding: "ok: ...", "skip: ..." (cannot be checked here)
 or "FAIL: ..." naming the file. Any FAIL ends in one error line on stderr and
 exit code 2. The checks:
-- the xmodel parses into a Linear/ReLU chain of batch 1 with only the ops the
-  DPU flow takes (vaiq.xmodel);
-- every layer's shift_cut and shift_bias lie in the DPU ranges (vaiq.legalize);
+- the xmodel parses into a chain of the ops the DPU flow takes (vaiq.xmodel);
+- every Linear layer's shift_cut and shift_bias lie in the DPU ranges (vaiq.legalize);
 - the arch.json exists and is not DPUCADX8G's; ARCH may also be a DPU name,
   looked up in the Vitis AI docker's arch folder. With --no_compiler (outside
   the docker) a missing docker arch folder is a skip, not a failure;
+- the xmodel's batch is the one the target's compiler takes (dpu_targets:
+  4 for DPUCADF8H, else 1);
 - with data (--data, else data/test.npy if present): the integer DPU reference
   (vaiq.dpu) on it and its MSE; if the xmodel's folder holds the quantizer's
-  deploy_check_data_int/, its dumps are compared with the reference on row 0,
-  which must be the deploy row.
+  deploy_check_data_int/, its dumps are compared with the reference on the first
+  rows (as many as the batch), which must be the deploy rows.
 --print_arch only prints the arch.json path that ARCH names.
+--compiled reads the compiler's output and prints its subgraphs: which run on
+the DPU, which stayed on the CPU. No DPU subgraph: exit code 1.
 """
 import json
 import os
+import sys
 
-from checked_io import ArgumentParser, InputError, cli
-from simulate import deploy_check, dump_folder, run_reference
-from vaiq import legalize
-from vaiq.xmodel import SUPPORTED_OP_TYPES, XmodelError, graph_to_model, read_graph
+try:
+    from checked_io import ArgumentParser, InputError, cli
+    from simulate import deploy_check, deploy_rows, dump_folder, load_data, run_reference
+    from vaiq import legalize
+    from vaiq.xmodel import SUPPORTED_OP_TYPES, XmodelError, _show, graph_to_model, read_graph, read_xmodel
+except ImportError as e:    # a Python without the project's packages (numpy, protobuf)
+    sys.stderr.write("preflight.py: error: {} cannot import what the checks need ({}): set up the "
+                     "environment with 'make install' (compile.sh then takes .venv/bin/python), or inside "
+                     "the Vitis AI docker 'pip install -r requirements.txt'\n".format(sys.executable, e))
+    sys.exit(2)
 
-ARCH_ROOT = "/opt/vitis_ai/compiler/arch"     # inside the Vitis AI docker
-DEFAULT_BOARDS = {"DPUCADF8H": "U250"}        # DPUs with several boards and a usual one
-NO_FRONT_END_DPU = "DPUCADX8G"
-NO_FRONT_END_REASON = ("refused, vai_c_xir ends with 'NO FRONT END SPECIFIED' for DPUCADX8G: it has no "
-                       "PyTorch/XIR front end; use DPUCADF8H on U200/U250")
+import dpu_targets
+from dpu_targets import ARCH_ROOT, DEPLOY_COMMAND
+
 DEFAULT_DATA = "data/test.npy"
+EXIT_NO_DPU_SUBGRAPH = 1
 
 
 class Report:
@@ -53,9 +64,9 @@ class Report:
 
 # ---------------------------------------------------------------- the arch
 
-def refuse_no_front_end(text, source):
-    if NO_FRONT_END_DPU in text.upper():
-        raise InputError("{}: {}".format(source, NO_FRONT_END_REASON))
+def refuse_no_front_end(target, source):
+    if target is not None and target.no_front_end:
+        raise InputError("{}: refused, {}".format(source, target.no_front_end))
 
 
 def is_dpu_name(arch):
@@ -64,11 +75,12 @@ def is_dpu_name(arch):
 
 def resolve_arch(arch, root=ARCH_ROOT):
     """The arch.json path of ARCH: a path as given, a DPU name as root/<DPU>/<board>/arch.json."""
-    refuse_no_front_end(arch, arch)
+    target = dpu_targets.by_name(arch)
+    refuse_no_front_end(target, arch)
     if not is_dpu_name(arch):
         return arch
-    if arch in DEFAULT_BOARDS:
-        return os.path.join(root, arch, DEFAULT_BOARDS[arch], "arch.json")
+    if target is not None:
+        return target.arch_path(root)
     folder = os.path.join(root, arch)
     if not os.path.isdir(folder):
         known = sorted(os.listdir(root)) if os.path.isdir(root) else []
@@ -82,15 +94,17 @@ def resolve_arch(arch, root=ARCH_ROOT):
     return os.path.join(folder, boards[0], "arch.json")
 
 
-def read_arch(path):
-    """The target named in an arch.json ("" if none), after checking the file."""
+def read_arch(path, target=None):
+    """The Target an arch.json names by its "target" or "fingerprint" (if it has neither,
+    `target`: the one its path names), after checking the file."""
     if os.path.isdir(path):
         raise InputError("{}: is a folder, expected an arch.json file".format(path))
     try:
         with open(path) as f:
             arch = json.load(f)
     except FileNotFoundError:
-        raise InputError("{}: arch file not found".format(path))
+        where = target.where_to_compile() if target is not None else ""
+        raise InputError("{}: arch file not found{}".format(path, " ({})".format(where) if where else ""))
     except OSError as e:
         raise InputError("{}: cannot read ({})".format(path, e.strerror or e))
     except ValueError as e:     # JSONDecodeError, or bytes that are not text
@@ -99,25 +113,67 @@ def read_arch(path):
         raise InputError("{}: not a JSON arch file (nested too deeply)".format(path))
     if not isinstance(arch, dict):
         raise InputError("{}: not a JSON arch file (expected an object)".format(path))
-    target = str(arch.get("target", ""))
-    refuse_no_front_end(target, path)
-    return target
+    if "target" not in arch and "fingerprint" not in arch:
+        return target
+    # What the compiler reads wins over the path: None for a DPU not in dpu_targets.
+    named = (dpu_targets.by_name(arch.get("target", ""))
+             or dpu_targets.by_fingerprint(arch.get("fingerprint", "")))
+    refuse_no_front_end(named, path)
+    return named
+
+
+def target_of(arch, root=ARCH_ROOT):
+    """The Target that ARCH names: by its arch.json where readable, else by its name or path."""
+    target = dpu_targets.by_name(arch)
+    try:
+        return read_arch(resolve_arch(arch, root), target)
+    except InputError:      # checked before the compiler ran; here it only words a message
+        return target
+
+
+def describe_arch(path):
+    """How an arch.json names its target, for the ok line ("" if it does not)."""
+    try:
+        with open(path) as f:
+            arch = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return ""
+    names = ["{} {}".format(key, arch[key]) for key in ("target", "fingerprint") if key in arch]
+    return " ({})".format(", ".join(names)) if names else ""
 
 
 def check_arch(report, arch, compiling, root=ARCH_ROOT):
+    """The Target that ARCH names (None for a DPU not in dpu_targets), after a finding."""
+    target = dpu_targets.by_name(arch)
     try:
-        refuse_no_front_end(arch, arch)
+        refuse_no_front_end(target, arch)
         in_docker_folder = is_dpu_name(arch) or os.path.abspath(arch).startswith(root + os.sep)
         if not compiling and in_docker_folder and not os.path.isdir(root):
             report.skip("arch {}: {} is not on this machine (it is in the Vitis AI docker)".format(
                 arch, root))
-            return
+            return target
         path = resolve_arch(arch, root)
-        target = read_arch(path)
+        target = read_arch(path, target)
     except InputError as e:
         report.fail(str(e))
+        return target
+    report.ok("arch {}{}".format(path, describe_arch(path)))
+    return target
+
+
+def check_batch(report, path, model, target):
+    """The batch rule of the target's compiler (dpu_targets); for a DPU not in the table, batch 1."""
+    need = dpu_targets.required_batch(target)
+    dpu = target.dpu if target is not None else "this DPU"
+    if model.batch == need:
+        report.ok("batch {}, the batch {}'s compiler takes".format(need, dpu))
         return
-    report.ok("arch {}{}".format(path, " (target {})".format(target) if target else ""))
+    if target is not None and target.batch_reason:
+        why = "{} needs batch {}: {}".format(dpu, need, target.batch_reason)
+    else:
+        why = "{} compiles batch {} only".format(dpu, need)
+    report.fail("{}: batch {}, but {}; deploy at batch {}: {}".format(
+        path, model.batch, why, need, DEPLOY_COMMAND.format(need)))
 
 
 # ---------------------------------------------------------------- the xmodel
@@ -126,23 +182,23 @@ def check_xmodel(report, path):
     """The IntModel of the file, or None after a FAIL."""
     try:
         graph = read_graph(path)
-        model = graph_to_model(graph, path)   # also refuses batch > 1 and unknown ops
+        model = graph_to_model(graph, path)   # also refuses unknown ops
     except XmodelError as e:
         report.fail(str(e))
         return None
     present = {op.op_type for op in graph.op_node}
     sizes = [model.input_size] + [len(layer.bias) for layer in model.layers]
-    report.ok("xmodel {} parses: {} layers ({}), batch 1, ops {}".format(
-        path, len(model.layers), " -> ".join(map(str, sizes)),
+    report.ok("xmodel {} parses: {} layers ({}), batch {}, ops {}".format(
+        path, len(model.layers), " -> ".join(map(str, sizes)), model.batch,
         "/".join(t for t in SUPPORTED_OP_TYPES if t in present)))
     return model
 
 
 def check_shifts(report, path, model):
-    """True if every layer's shifts are in the DPU ranges; a FAIL per problem otherwise."""
+    """True if every Linear layer's shifts are in the DPU ranges; a FAIL per problem otherwise."""
     shifts = []
     legal = True
-    for layer, i in zip(model.layers, model.input_positions()):
+    for i, layer in model.linear_layers():     # the quantizer legalizes these only
         w, b, o = layer.fp_w, layer.fp_b, layer.fp_out
         for problem in legalize.check_layer(i, w, b, o):
             report.fail("{}: {}: {} (i={} w={} b={} o={})".format(path, layer.name, problem, i, w, b, o))
@@ -158,18 +214,24 @@ def check_shifts(report, path, model):
 
 def check_reference(report, path, model, data_path):
     try:
+        load_data(data_path, model)
+    except InputError as e:
+        report.fail("{} ({} takes {} features: pass the data it was calibrated on with --data, in "
+                    "compile.sh COMPILE_DATA=FILE.npy)".format(e, path, model.input_size))
+        return
+    try:
         features, outputs, mse = run_reference(path, model, data_path)
-    except InputError as e:     # bad data, or positions too far apart for 64-bit integers
+    except InputError as e:     # positions too far apart for 64-bit integers
         report.fail(str(e))
         return
     if mse is not None:
-        report.ok("integer reference on {}: {} rows, MSE {!r}".format(data_path, len(features), mse))
+        report.ok("integer reference on {}: {} rows, MSE {:.6e}".format(data_path, len(features), mse))
     else:
         report.skip("MSE: the network has {} outputs, the data one target".format(outputs.shape[1]))
-    check_deploy_dumps(report, path, model, features[0], data_path)
+    check_deploy_dumps(report, path, model, features, data_path)
 
 
-def check_deploy_dumps(report, path, model, deploy_row, data_path):
+def check_deploy_dumps(report, path, model, features, data_path):
     folder = os.path.join(os.path.dirname(path), "deploy_check_data_int")
     if not os.path.isdir(folder):
         report.skip("deploy check: no {}".format(folder))
@@ -179,17 +241,80 @@ def check_deploy_dumps(report, path, model, deploy_row, data_path):
     except InputError as e:
         report.fail(str(e))
         return
-    checks, bad, differing_input = deploy_check(model, deploy_row, folder)
+    try:
+        rows = deploy_rows(features, model, data_path)
+    except InputError as e:     # too few rows to be the deploy data: nothing to compare
+        report.skip("deploy check: {}".format(e))
+        return
+    which = "row 0" if len(rows) == 1 else "rows 0 to {}".format(len(rows) - 1)
+    checks, bad, differing_input = deploy_check(model, rows, folder)
     # A differing input means the data is not the deploy data: nothing to compare then.
     if differing_input is not None:
-        report.skip("deploy check: row 0 of {} is not the deploy row ({})".format(
-            data_path, differing_input.describe()))
+        report.skip("deploy check: {} of {} {} not the deploy {} ({})".format(
+            which, data_path, "is" if len(rows) == 1 else "are", "row" if len(rows) == 1 else "rows",
+            differing_input.describe()))
     elif bad:
         report.fail("{}: deploy check: {} of {} tensors differ from the integer reference, first {}".format(
             folder, len(bad), len(checks), bad[0].describe()))
     else:
-        report.ok("deploy check: all {} tensors in {} match the integer reference on row 0".format(
-            len(checks), folder))
+        report.ok("deploy check: all {} tensors in {} match the integer reference on {}".format(
+            len(checks), folder, which))
+
+
+# ---------------------------------------------------------------- the compiled xmodel
+
+def _ops_under(subgraph):
+    """The op names of a subgraph and all its descendants (XIR lists them at the leaves)."""
+    names = set(subgraph.op_name)
+    for child in subgraph.subg_child:
+        names |= _ops_under(child)
+    return names
+
+
+def device_subgraphs(graph, source):
+    """[(name, device, number of ops)] of the children of a compiled graph's root subgraph:
+    the partition vai_c_xir wrote (device USER, DPU or CPU)."""
+    if not graph.HasField("subg_root") or not graph.subg_root.subg_child:
+        raise InputError("{}: has no subgraph tree (its root subgraph has no children): not an xmodel "
+                         "written by vai_c_xir".format(source))
+    children = []
+    for child in graph.subg_root.subg_child:
+        device = child.subg_attr["device"] if "device" in child.subg_attr else None
+        if device is None or device.WhichOneof("value") != "string_value":
+            raise InputError("{}: subgraph {} has no string attribute device, not an xmodel written by "
+                             "vai_c_xir".format(source, _show(child.subgraph_name)))
+        children.append((_show(child.subgraph_name), _show(device.string_value), len(_ops_under(child))))
+    return children
+
+
+def plural(n, word):
+    return "{} {}{}".format(n, word, "" if n == 1 else "s")
+
+
+def check_compiled(path, compiled, target):
+    """Print the compiled graph's subgraphs; exit code 1 when none runs on the DPU."""
+    children = device_subgraphs(read_graph(compiled), compiled)
+    on = {device: [n for _, d, n in children if d == device] for device in ("DPU", "CPU")}
+    placed = ["{} ({})".format(plural(len(on[device]), "subgraph"), plural(sum(on[device]), "op"))
+              if on[device] else "none" for device in ("DPU", "CPU")]
+    print("compiled {}: on the DPU: {}; on the CPU: {}".format(compiled, *placed))
+    for name, device, n_ops in children:
+        print("  {}: {}, {}".format(name, device, plural(n_ops, "op")))
+    if on["DPU"]:
+        return 0
+    why = "see the compiler's output for why"
+    if target is not None and target.batch != dpu_targets.DEFAULT_BATCH:
+        batch = read_xmodel(path).batch
+        if batch != target.batch:
+            why = "the xmodel has batch {}, and {}'s compiler does that with any batch but {}; deploy at " \
+                  "batch {}: {}".format(batch, target.dpu, target.batch, target.batch,
+                                        DEPLOY_COMMAND.format(target.batch))
+        else:
+            why = "the xmodel has batch {}, the one {}'s compiler needs, so the cause is another: {}".format(
+                batch, target.dpu, why)
+    print("preflight.py: error: {}: no DPU subgraph: the compiler left every op of the network on the CPU; "
+          "{}".format(compiled, why), file=sys.stderr)
+    return EXIT_NO_DPU_SUBGRAPH
 
 
 # ---------------------------------------------------------------- main
@@ -198,12 +323,16 @@ def parse_args():
     parser = ArgumentParser(description="Pre-flight checks before compiling an xmodel with vai_c_xir.")
     parser.add_argument("xmodel", help="the quantizer's <Net>_int.xmodel")
     parser.add_argument("arch", help="arch.json path, or a DPU name such as DPUCADF8H")
-    parser.add_argument("--data", help=".npy (rows, input_size + 1) for the integer reference; row 0 "
-                                       "must be the deploy row (default: {} if present)".format(DEFAULT_DATA))
+    parser.add_argument("--data", help=".npy (rows, input_size + 1) for the integer reference; its first "
+                                       "rows (as many as the xmodel's batch) must be the deploy rows "
+                                       "(default: {} if present)".format(DEFAULT_DATA))
     parser.add_argument("--no_compiler", action="store_true",
                         help="vai_c_xir is not available: the docker's arch folder need not exist")
     parser.add_argument("--print_arch", action="store_true",
                         help="only print the arch.json path that ARCH names")
+    parser.add_argument("--compiled", metavar="COMPILED_XMODEL",
+                        help="only check vai_c_xir's output: print its DPU and CPU subgraphs, exit code 1 "
+                             "if none runs on the DPU")
     return parser.parse_args()
 
 
@@ -212,10 +341,14 @@ def main():
     if args.print_arch:
         print(resolve_arch(args.arch))
         return 0
+    if args.compiled:
+        return check_compiled(args.xmodel, args.compiled, target_of(args.arch))
     report = Report()
     model = check_xmodel(report, args.xmodel)
     legal = model is not None and check_shifts(report, args.xmodel, model)
-    check_arch(report, args.arch, compiling=not args.no_compiler)
+    target = check_arch(report, args.arch, compiling=not args.no_compiler)
+    if model is not None:
+        check_batch(report, args.xmodel, model, target)
     data = args.data
     if data is None and os.path.isfile(DEFAULT_DATA):
         data = DEFAULT_DATA

@@ -1,7 +1,9 @@
-"""compile.sh: the pre-flight checks, then vai_c_xir with closed stdin and a time limit.
+"""compile.sh: the pre-flight checks, then vai_c_xir with closed stdin and a time limit,
+then the subgraphs of what it wrote.
 
 vai_c_xir exists only in the Vitis AI docker; here small stand-in scripts on PATH
-play it: one that compiles, the known failures, and the (Pdb) prompt of Vitis AI 1.3.
+play it: one that compiles (it writes a file of tests/fixtures/golden/compiled/),
+the known failures, and the (Pdb) prompt of Vitis AI 1.3.
 """
 import json
 import os
@@ -13,17 +15,27 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_clean_error
+from conftest import REPO, assert_clean_error, run_script, snapshot
 
+import dpu_targets
 import preflight
 from checked_io import InputError
 from vaiq.xmodel import read_graph, read_xmodel, serialize_graph, write_xmodel
 
 COMPILE = os.path.join(REPO, "compile.sh")
-GOLDEN = os.path.join(REPO, "tests", "fixtures", "golden", "p1_trained_in2")
+GOLDEN_ROOT = os.path.join(REPO, "tests", "fixtures", "golden")
+# The batch-4 deploy of p1's model: what DPUCADF8H compiles.
+GOLDEN = os.path.join(GOLDEN_ROOT, "p4_trained_in2_deploy4")
 GOLDEN_RESULT = os.path.join(GOLDEN, "expected", "quantize_result")
+BATCH_1_XMODEL = os.path.join(GOLDEN_ROOT, "p1_trained_in2", "expected", "quantize_result", "FFN_int.xmodel")
+COMPILED = os.path.join(GOLDEN_ROOT, "compiled")
+ON_DPU, ON_CPU = os.path.join(COMPILED, "FFN_qd_dpu.xmodel"), os.path.join(COMPILED, "FFN_qd_cpu.xmodel")
 
-# Bodies of the stand-in vai_c_xir (sh scripts). "{argv}" is the file that records the arguments.
+DEPLOY_4 = ("deploy at batch 4: python vai_q_pytorch_quant.py --data_dir data --quant_mode test --deploy "
+            "--deploy_batch 4 --batch_size 64")
+
+# Bodies of the stand-in vai_c_xir (sh scripts). "{argv}" is the file that records the arguments,
+# "{compiled}" the file that "ok" writes as the compiled xmodel.
 COMPILERS = {
     "ok": """printf '%s\\n' "$@" > "{argv}"
 while [ $# -gt 0 ]; do
@@ -31,7 +43,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 echo "compiling $name"
-echo xmodel > "$out/$name.xmodel"
+cp "{compiled}" "$out/$name.xmodel"
 echo md5 > "$out/md5sum.txt"
 echo '{{}}' > "$out/meta.json"
 """,
@@ -41,7 +53,9 @@ echo '{{}}' > "$out/meta.json"
     "no_output": 'echo "done"',
     # Vitis AI 1.3: a breakpoint prompt that reads commands until stdin ends.
     "pdb": 'while true; do printf "(Pdb) "; read -r command || exit 1; done',
-    "pdb_ignoring_eof": 'printf "(Pdb) "; sleep 60',
+    # ... and one that does not end at the end of stdin; {argv} gets the time of its prompt.
+    "pdb_ignoring_eof": 'echo "> gen_param_ddr_demo.py(213)bias_data_int()"; date +%s.%N > "{argv}"; '
+                        'printf "(Pdb) "; sleep 60',
     "hang": "sleep 60",
     "hang_recording_its_pid": 'echo $$ > "{argv}"; exec sleep 60',
 }
@@ -49,14 +63,14 @@ echo '{{}}' > "$out/meta.json"
 
 @pytest.fixture
 def project(tmp_path):
-    """A project folder with the golden deploy output, its data as data/test.npy and an arch.json."""
+    """A project folder with a golden batch-4 deploy output, its data as data/test.npy and an arch.json."""
     result = tmp_path / "quantize_result"
     result.mkdir()
     shutil.copy(os.path.join(GOLDEN_RESULT, "FFN_int.xmodel"), str(result))
     dumps = "deploy_check_data_int"
     shutil.copytree(os.path.join(GOLDEN_RESULT, dumps), str(result / dumps))
     (tmp_path / "data").mkdir()
-    # The golden deploy ran on row 0 of calib.npy.
+    # The golden deploy ran on rows 0 to 3 of calib.npy.
     shutil.copy(os.path.join(GOLDEN, "calib.npy"), str(tmp_path / "data" / "test.npy"))
     arch = tmp_path / "arch" / "arch.json"
     arch.parent.mkdir()
@@ -64,16 +78,17 @@ def project(tmp_path):
     return tmp_path
 
 
-def compile_command(cwd, *args, compiler=None, env=None):
+def compile_command(cwd, *args, compiler=None, env=None, compiled=ON_DPU):
     """The command and environment that run compile.sh with the stand-in `compiler` as the
-    only vai_c_xir on PATH."""
+    only vai_c_xir on PATH ("ok" writes the file `compiled`)."""
     path = [d for d in os.environ["PATH"].split(os.pathsep)
             if d and not os.path.exists(os.path.join(d, "vai_c_xir"))]
     if compiler:
         bin_dir = cwd / "bin"
         bin_dir.mkdir(exist_ok=True)
         script = bin_dir / "vai_c_xir"
-        script.write_text("#!/bin/sh\n" + COMPILERS[compiler].format(argv=cwd / "argv.txt") + "\n")
+        script.write_text("#!/bin/sh\n" + COMPILERS[compiler].format(argv=cwd / "argv.txt", compiled=compiled)
+                          + "\n")
         script.chmod(0o755)
         path.insert(0, str(bin_dir))
     environment = dict(os.environ, PATH=os.pathsep.join(path), PY=sys.executable, COMPILE_TIMEOUT="20")
@@ -82,8 +97,8 @@ def compile_command(cwd, *args, compiler=None, env=None):
     return ["bash", COMPILE] + [str(a) for a in args], environment
 
 
-def run_compile(cwd, *args, compiler=None, env=None, stdin=subprocess.DEVNULL):
-    command, environment = compile_command(cwd, *args, compiler=compiler, env=env)
+def run_compile(cwd, *args, compiler=None, env=None, stdin=subprocess.DEVNULL, compiled=ON_DPU):
+    command, environment = compile_command(cwd, *args, compiler=compiler, env=env, compiled=compiled)
     return subprocess.run(command, cwd=str(cwd), env=environment, stdin=stdin, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
 
@@ -110,18 +125,98 @@ def test_good_run(project):
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stderr == ""
     findings = finding_lines(run.stdout)
-    assert [line.split(":")[0] for line in findings] == ["ok"] * 5, run.stdout
-    assert "parses: 3 layers (2 -> 6 -> 4 -> 1), batch 1, ops data/const/fix/matmul/relu" in findings[0]
+    assert [line.split(":")[0] for line in findings] == ["ok"] * 6, run.stdout
+    assert "parses: 3 layers (2 -> 6 -> 4 -> 1), batch 4, ops data/const/fix/matmul/relu" in findings[0]
     assert findings[1] == "ok: shifts in the DPU ranges: l1 cut 7 bias 6, l2 cut 7 bias 5, l3 cut 6 bias 4"
     assert findings[2] == "ok: arch {} (target DPUCADF8H)".format(args[1])
-    assert "integer reference on data/test.npy: 1000 rows, MSE " in findings[3]
-    assert "deploy check: all 22 tensors" in findings[4]
+    assert findings[3] == "ok: batch 4, the batch DPUCADF8H's compiler takes"
+    assert findings[4] == "ok: integer reference on data/test.npy: 1000 rows, MSE 1.862041e-04"
+    assert findings[5].startswith("ok: deploy check: all 22 tensors")
+    assert findings[5].endswith("match the integer reference on rows 0 to 3")
     assert (project / "argv.txt").read_text().splitlines() == [
         "-x", str(args[0]), "-a", str(args[1]), "-n", "NET", "-o", str(args[3])]
     assert "compiling NET" in run.stdout            # the compiler's output is shown...
     assert "compiling NET" in (project / "out" / "vai_c_xir.log").read_text()    # ...and kept
-    assert run.stdout.splitlines()[-1] == "compiled: {}".format(project / "out" / "NET.xmodel")
+    net = project / "out" / "NET.xmodel"
+    assert run.stdout.splitlines()[-4:] == [
+        "compiled {}: on the DPU: 1 subgraph (21 ops); on the CPU: none".format(net),
+        "  subgraph_FFN__input_0: USER, 1 op",
+        "  subgraph_FFN__FFN_Linear_l1__ret_1: DPU, 21 ops",
+        "compiled: {}".format(net)]
     assert {"NET.xmodel", "md5sum.txt", "meta.json"} <= set(os.listdir(str(project / "out")))
+
+
+def test_a_compiled_graph_without_dpu_subgraph_fails(project):
+    before = snapshot(str(project / "quantize_result"))
+    run = run_compile(project, *compile_args(project), compiler="ok", compiled=ON_CPU)
+    net = project / "out" / "NET.xmodel"
+    assert_fails(run, 1, str(net), "no DPU subgraph: the compiler left every op of the network on the CPU",
+                 "the xmodel has batch 4, the one DPUCADF8H's compiler needs", "see the compiler's output")
+    assert run.stdout.splitlines()[-3:] == [
+        "compiled {}: on the DPU: none; on the CPU: 1 subgraph (21 ops)".format(net),
+        "  subgraph_FFN__input_0: USER, 1 op",
+        "  subgraph_FFN__FFN_Linear_l1__ret_1: CPU, 21 ops"]
+    assert snapshot(str(project / "quantize_result")) == before
+
+
+def test_no_dpu_subgraph_of_a_batch_1_xmodel_is_explained_by_the_batch(project):
+    """What the DPUCADF8H compiler of Vitis AI 1.4 to 2.5 makes of a batch-1 xmodel (#518)."""
+    run = run_script("preflight.py", BATCH_1_XMODEL, "DPUCADF8H", "--compiled", ON_CPU, cwd=str(project))
+    assert_fails(run, 1, ON_CPU, "no DPU subgraph", "the xmodel has batch 1, and DPUCADF8H's compiler does that "
+                 "with any batch but 4", DEPLOY_4)
+    # Another DPU: no batch to blame.
+    run = run_script("preflight.py", BATCH_1_XMODEL, "DPUCZDX8G", "--compiled", ON_CPU, cwd=str(project))
+    assert_fails(run, 1, "no DPU subgraph", "see the compiler's output for why")
+    assert "batch" not in run.stderr
+
+
+def test_subgraph_tree_of_the_golden_files():
+    for path, device in ((ON_DPU, "DPU"), (ON_CPU, "CPU")):
+        assert preflight.device_subgraphs(read_graph(path), path) == [
+            ("subgraph_FFN__input_0", "USER", 1), ("subgraph_FFN__FFN_Linear_l1__ret_1", device, 21)]
+
+
+def test_ops_of_nested_subgraphs_are_counted_once():
+    graph = read_graph(ON_DPU)
+    dpu = graph.subg_root.subg_child[1]
+    names = list(dpu.op_name)
+    leaf = dpu.subg_child.add(subgraph_name="inner")
+    leaf.op_name.extend(names[:5] + ["extra_op"])
+    assert preflight.device_subgraphs(graph, "g")[1] == ("subgraph_FFN__FFN_Linear_l1__ret_1", "DPU", 22)
+
+
+def truncated(path):
+    data = open(ON_DPU, "rb").read()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def no_device(path):
+    graph = read_graph(ON_DPU)
+    del graph.subg_root.subg_child[1].subg_attr["device"]
+    path.write_bytes(serialize_graph(graph))
+
+
+@pytest.mark.parametrize("write, fragment", [
+    (truncated, "not a valid xmodel (protobuf parse error)"),
+    (lambda path: path.write_bytes(b"\xff\xfe not an xmodel"), "not a valid xmodel"),
+    (lambda path: path.write_bytes(b""), "is empty, not an xmodel"),
+    (lambda path: shutil.copy(BATCH_1_XMODEL, str(path)), "has no subgraph tree"),
+    (no_device, "subgraph subgraph_FFN__FFN_Linear_l1__ret_1 has no string attribute device"),
+])
+def test_an_unreadable_compiled_xmodel_fails(project, write, fragment):
+    compiled = project / "written.xmodel"
+    write(compiled)
+    before = snapshot(str(project / "quantize_result"))
+    run = run_compile(project, *compile_args(project), compiler="ok", compiled=compiled)
+    assert_fails(run, 1, str(project / "out" / "NET.xmodel"), fragment)
+    assert snapshot(str(project / "quantize_result")) == before
+    assert "compiled:" not in run.stdout
+
+
+def test_a_missing_compiled_xmodel(project):
+    missing = project / "none.xmodel"
+    run = run_script("preflight.py", BATCH_1_XMODEL, "DPUCADF8H", "--compiled", missing, cwd=str(project))
+    assert_fails(run, 2, str(missing), "xmodel file not found")
 
 
 def test_dpu_name_resolves_to_its_arch_json(tmp_path):
@@ -143,9 +238,12 @@ def test_dpu_name_resolves_to_its_arch_json(tmp_path):
 
 def test_no_compiler_runs_the_checks_with_the_defaults(project):
     run = run_compile(project)
-    assert_fails(run, 3, "vai_c_xir not found", "Vitis AI docker", "conda activate vitis-ai-pytorch")
+    # The expected end outside the docker: said as such, not as an error.
+    assert_fails(run, 3, "vai_c_xir not found (expected outside the Vitis AI docker)",
+                 "conda activate vitis-ai-pytorch")
+    assert run.stderr.startswith("compile.sh: vai_c_xir not found") and "error" not in run.stderr
     findings = finding_lines(run.stdout)
-    assert [line.split(":")[0] for line in findings] == ["ok", "ok", "skip", "ok", "ok"], run.stdout
+    assert [line.split(":")[0] for line in findings] == ["ok", "ok", "skip", "ok", "ok", "ok"], run.stdout
     assert "quantize_result/FFN_int.xmodel parses" in findings[0]
     assert findings[2].startswith("skip: arch DPUCADF8H: /opt/vitis_ai/compiler/arch is not on this machine")
     assert not (project / "compile_output").exists()
@@ -161,15 +259,17 @@ def test_pdb_prompt_ends_because_stdin_is_closed(project):
         os.close(write_end)
     assert time.time() - start < 10     # COMPILE_TIMEOUT is 20 s
     assert_fails(run, 4, "(Pdb) prompt", "breakpoint left inside this compiler", "not caused by the model",
-                 "Vitis AI 1.4")
+                 "Vitis AI 1.4 to 2.5")
 
 
-def test_pdb_prompt_ignoring_eof_ends_at_the_time_limit(project):
-    start = time.time()
+def test_pdb_prompt_ignoring_eof_is_stopped_when_the_prompt_shows(project):
     run = run_compile(project, *compile_args(project), compiler="pdb_ignoring_eof",
-                      env={"COMPILE_TIMEOUT": "1"})
-    assert time.time() - start < 10
-    assert_fails(run, 4, "(Pdb) prompt", "Vitis AI 1.4")
+                      env={"COMPILE_TIMEOUT": "600"})
+    ended = time.time()
+    assert_fails(run, 4, "(Pdb) prompt", "Vitis AI 1.4 to 2.5")
+    prompted = float((project / "argv.txt").read_text())
+    assert ended - prompted < 2, ended - prompted       # not at the 600 s limit
+    assert "(Pdb)" in run.stdout                        # the compiler's output is shown up to its prompt
 
 
 def test_a_hung_compiler_is_stopped(project):
@@ -264,14 +364,76 @@ def write_changed_graph(path, change):
     path.write_bytes(serialize_graph(graph))
 
 
-def test_batch_above_1(project):
-    xmodel = project / "batch4.xmodel"
+def write_arch(project, relative, content):
+    arch = project / relative
+    arch.parent.mkdir(parents=True, exist_ok=True)
+    arch.write_text(json.dumps(content))
+    return arch
 
-    def batch_4(ops):
-        ops["FFN__input_0"].op_attr["shape"].int32_vec_value.value[0] = 4
-    write_changed_graph(xmodel, batch_4)
-    assert_refused(run_compile(project, *compile_args(project, xmodel=xmodel), compiler="ok"),
-                   str(xmodel), "batch 4, the DPU compiles batch 1 only")
+
+@pytest.mark.parametrize("name, arch", [
+    ("path", ("opt/DPUCADF8H/U200/arch.json", {})),
+    ("arch.json target", ("arch/isa.json", {"target": "DPUCADF8H_ISA0"})),
+    ("fingerprint", ("arch/fingerprint.json", {"fingerprint": "0x700000000000000"})),
+])
+def test_dpucadf8h_refuses_batch_1_by_its_path_target_or_fingerprint(project, name, arch):
+    if isinstance(arch, tuple):
+        arch = write_arch(project, *arch)
+    xmodel = project / "batch1.xmodel"
+    shutil.copy(BATCH_1_XMODEL, str(xmodel))
+    run = run_compile(project, *compile_args(project, xmodel=xmodel, arch=arch), compiler="ok")
+    assert_refused(run, str(xmodel), "batch 1, but DPUCADF8H needs batch 4",
+                   "assigns every op of another batch to the CPU", "no DPU subgraph", DEPLOY_4)
+    assert "FAIL: {}: batch 1, but DPUCADF8H needs batch 4".format(xmodel) in run.stdout
+
+
+def test_dpucadf8h_refuses_batch_1_by_its_dpu_name_outside_the_docker(project):
+    xmodel = project / "batch1.xmodel"
+    shutil.copy(BATCH_1_XMODEL, str(xmodel))
+    run = run_compile(project, xmodel)
+    assert_refused(run, "batch 1, but DPUCADF8H needs batch 4", DEPLOY_4)
+    assert "skip: arch DPUCADF8H: /opt/vitis_ai/compiler/arch is not on this machine" in run.stdout
+
+
+def test_other_dpus_compile_batch_1_only(project):
+    arch = write_arch(project, "arch/zcu102.json", {"target": "DPUCZDX8G_ISA1_B4096"})
+    run = run_compile(project, *compile_args(project, arch=arch), compiler="ok")
+    assert_refused(run, str(project / "quantize_result" / "FFN_int.xmodel"),
+                   "batch 4, but this DPU compiles batch 1 only", "deploy at batch 1:", "--deploy_batch 1")
+    run = run_compile(project, *compile_args(project, xmodel=BATCH_1_XMODEL, arch=arch), compiler="ok")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ok: batch 1, the batch this DPU's compiler takes" in run.stdout
+
+
+def test_target_table():
+    assert dpu_targets.by_name("/opt/vitis_ai/compiler/arch/DPUCADF8H/U250/arch.json") is dpu_targets.DPUCADF8H
+    assert dpu_targets.by_name("dpucadf8h_isa0") is dpu_targets.DPUCADF8H
+    assert dpu_targets.by_name("DPUCZDX8G_ISA1_B4096") is None
+    assert dpu_targets.by_fingerprint("0x700000000000000") is dpu_targets.DPUCADF8H
+    assert dpu_targets.by_fingerprint(0x700000000000000) is dpu_targets.DPUCADF8H
+    assert dpu_targets.by_fingerprint("0x1000020F6014407") is None
+    assert dpu_targets.by_fingerprint("not a number") is None
+    assert [dpu_targets.required_batch(t) for t in (dpu_targets.DPUCADF8H, dpu_targets.DPUCADX8G, None)] == [4, 1, 1]
+    assert dpu_targets.DPUCADF8H.arch_path() == "/opt/vitis_ai/compiler/arch/DPUCADF8H/U250/arch.json"
+
+
+def test_the_arch_json_content_wins_over_its_path(tmp_path):
+    arch = tmp_path / "DPUCADF8H" / "U250" / "arch.json"
+    arch.parent.mkdir(parents=True)
+    arch.write_text("{}")
+    assert preflight.read_arch(str(arch), dpu_targets.by_name(str(arch))) is dpu_targets.DPUCADF8H
+    arch.write_text(json.dumps({"target": "DPUCZDX8G_ISA1_B4096"}))
+    assert preflight.read_arch(str(arch), dpu_targets.by_name(str(arch))) is None
+    arch.write_text(json.dumps({"fingerprint": "0x700000000000000"}))
+    assert preflight.read_arch(str(arch), None) is dpu_targets.DPUCADF8H
+
+
+def test_missing_dpucadf8h_arch_names_the_releases_that_have_it(project):
+    """In a Vitis AI 3.x docker vai_c_xir exists but DPUCADF8H's arch folder does not."""
+    run = run_compile(project, *compile_args(project, arch="DPUCADF8H"), compiler="ok")
+    assert_refused(run, "/opt/vitis_ai/compiler/arch/DPUCADF8H/U250/arch.json: arch file not found",
+                   "DPUCADF8H's arch.json ships only in Vitis AI 1.3 to 2.5 (dropped in 3.0)",
+                   "xilinx/vitis-ai-cpu", "1.4.1.978")
 
 
 def test_missing_fix_attribute(project):
@@ -294,9 +456,22 @@ def test_illegal_shifts_name_the_layer_and_positions(project):
 
 
 def test_data_that_does_not_fit_the_xmodel(project):
-    data = os.path.join(REPO, "tests", "fixtures", "golden", "p3_random_in4", "calib.npy")
+    data = os.path.join(GOLDEN_ROOT, "p3_random_in4", "calib.npy")
     run = run_compile(project, *compile_args(project), compiler="ok", env={"COMPILE_DATA": data})
-    assert_refused(run, data, "has 5 columns, expected 3")
+    assert_refused(run, data, "has 5 columns, expected 3", "takes 2 features", "COMPILE_DATA")
+
+
+def test_default_data_that_does_not_fit_the_xmodel_names_compile_data(project):
+    """An --input_size 4 xmodel checked against the default data/test.npy of 2 features."""
+    result = os.path.join(GOLDEN_ROOT, "p3_random_in4", "expected", "quantize_result")
+    xmodel = project / "in4" / "FFN_int.xmodel"
+    xmodel.parent.mkdir()
+    model = read_xmodel(os.path.join(result, "FFN_int.xmodel"))
+    model.batch = 4
+    write_xmodel(model, str(xmodel))
+    run = run_compile(project, *compile_args(project, xmodel=xmodel), compiler="ok")
+    assert_refused(run, "data/test.npy: has 3 columns, expected 5", "takes 4 features",
+                   "pass the data it was calibrated on", "COMPILE_DATA=FILE.npy")
 
 
 def test_a_differing_deploy_dump_fails(project):
@@ -306,12 +481,54 @@ def test_a_differing_deploy_dump_fails(project):
     assert_refused(run, "deploy check: 1 of 22 tensors differ", "FFN__FFN_ret_7_fix.bin")
 
 
+def test_a_difference_in_deploy_row_3_fails(project):
+    dump = project / "quantize_result" / "deploy_check_data_int" / "FFN" / "FFN__FFN_Linear_l3__ret_fix.bin"
+    q = bytearray(dump.read_bytes())
+    q[3] ^= 1
+    dump.write_bytes(bytes(q))
+    run = run_compile(project, *compile_args(project), compiler="ok")
+    assert_refused(run, "deploy check: 1 of 22 tensors differ", "FFN__FFN_Linear_l3__ret_fix.bin: 1 of 4 values")
+
+
 def test_data_without_the_deploy_row_skips_the_deploy_check(project):
     data = project / "data" / "shifted.npy"
     np.save(str(data), np.load(str(project / "data" / "test.npy"))[1:])
     run = run_compile(project, *compile_args(project), compiler="ok", env={"COMPILE_DATA": data})
     assert run.returncode == 0, run.stderr
-    assert "skip: deploy check: row 0 of" in run.stdout
+    assert "skip: deploy check: rows 0 to 3 of {} are not the deploy rows".format(data) in run.stdout
+
+
+def test_data_with_fewer_rows_than_the_batch_skips_the_deploy_check(project):
+    data = project / "data" / "three.npy"
+    np.save(str(data), np.load(str(project / "data" / "test.npy"))[:3])
+    run = run_compile(project, *compile_args(project), compiler="ok", env={"COMPILE_DATA": data})
+    assert run.returncode == 0, run.stderr
+    assert "skip: deploy check: {}: has 3 rows, fewer than the xmodel's batch 4".format(data) in run.stdout
+
+
+def test_a_python_without_the_packages_says_how_to_set_up(project, tmp_path):
+    """A checkout without .venv: compile.sh falls back to python3, here one without numpy or protobuf."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    shutil.copy(COMPILE, str(checkout))
+    for name in ("preflight.py", "simulate.py", "checked_io.py", "dpu_targets.py", "vaiq"):
+        os.symlink(os.path.join(REPO, name), str(checkout / name))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "python3").write_text('#!/bin/sh\nexec "{}" -S "$@"\n'.format(sys.executable))   # -S: no site-packages
+    (bare / "python3").chmod(0o755)
+    command, environment = compile_command(project)
+    environment.pop("PY")
+    environment["PATH"] = str(bare) + os.pathsep + environment["PATH"]
+    run = subprocess.run(["bash", str(checkout / "compile.sh")], cwd=str(project), env=environment,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert_fails(run, 2, "{} cannot import".format(sys.executable), "No module named", "make install",
+                 "pip install -r requirements.txt")
+
+
+def test_a_missing_python(project):
+    assert_refused(run_compile(project, env={"PY": "no-such-python"}), "no Python 'no-such-python'",
+                   "make install")
 
 
 def test_bad_timeout(project):

@@ -9,7 +9,8 @@ import pytest
 from conftest import REPO, assert_clean_error, run_script
 
 GOLDEN = os.path.join(REPO, "tests", "fixtures", "golden")
-CASES = ["p1_trained_in2", "p2_trained_in2_nocorr", "p3_random_in4"]
+# p4 was deployed at batch 4: its dumps hold rows 0 to 3 of calib.npy.
+CASES = ["p1_trained_in2", "p2_trained_in2_nocorr", "p3_random_in4", "p4_trained_in2_deploy4"]
 
 
 def case_paths(case):
@@ -23,7 +24,10 @@ def simulate(*args):
 
 
 def printed_mse(stdout):
-    return float(re.search(r"MSE (\S+?),", stdout.splitlines()[-1]).group(1))
+    """The MSE of the summary line, as printed: six digits after the point, like every stage."""
+    text = re.search(r"MSE (\S+?),", stdout.splitlines()[-1]).group(1)
+    assert re.match(r"^\d\.\d{6}e[-+]\d\d$", text), text
+    return text
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -40,7 +44,15 @@ def test_golden_xmodel_matches_quantizer(case, tmp_path):
     got = np.load(str(out))
     assert got.dtype == np.float32 and np.array_equal(got, expected)
     targets = np.load(data)[:, -1]
-    assert printed_mse(run.stdout) == float(np.mean((expected[:, 0].astype(np.float64) - targets) ** 2))
+    mse = float(np.mean((expected[:, 0].astype(np.float64) - targets) ** 2))
+    assert printed_mse(run.stdout) == "{:.6e}".format(mse)
+
+
+def test_shipped_mse_as_printed():
+    run = simulate(os.path.join(REPO, "quantize_result", "FFN_int.xmodel"), "--data",
+                   os.path.join(REPO, "data", "test.npy"))
+    assert run.returncode == 0, run.stderr
+    assert "MSE 2.142314e-04" in run.stdout.splitlines()[-1]
 
 
 def test_check_accepts_the_parent_folder_and_input_size():
@@ -71,6 +83,40 @@ def test_a_data_file_not_starting_with_the_deploy_row_fails(tmp_path):
     run = simulate(xmodel, "--data", shifted, "--check", dumps)
     assert run.returncode == 1
     assert "is row 0 of the data the deploy row?" in run.stdout.splitlines()[-1]
+
+
+def test_batch_4_data_not_starting_with_the_deploy_rows_fails(tmp_path):
+    xmodel, data, dumps = case_paths("p4_trained_in2_deploy4")
+    shifted = str(tmp_path / "shifted.npy")
+    np.save(shifted, np.load(data)[1:])
+    run = simulate(xmodel, "--data", shifted, "--check", dumps)
+    assert run.returncode == 1
+    assert "are rows 0 to 3 of the data the deploy rows?" in run.stdout.splitlines()[-1]
+
+
+def test_batch_4_deploy_check_compares_all_4_rows(tmp_path):
+    """Row 3 alone changed: the check sees it, so it does not stop at row 0."""
+    xmodel, data, dumps = case_paths("p4_trained_in2_deploy4")
+    changed = str(tmp_path / "changed.npy")
+    rows = np.load(data)
+    rows[3, 0] += 0.5
+    np.save(changed, rows)
+    run = simulate(xmodel, "--data", changed, "--check", dumps)
+    assert run.returncode == 1
+    assert "  FFN__input_0_fix.bin: 1 of 8 values differ, max diff 32" in run.stdout.splitlines()
+
+
+def test_fewer_rows_than_the_batch(tmp_path):
+    xmodel, data, dumps = case_paths("p4_trained_in2_deploy4")
+    three = str(tmp_path / "three.npy")
+    np.save(three, np.load(data)[:3])
+    out = tmp_path / "out.npy"
+    run = simulate(xmodel, "--data", three, "--check", dumps, "--output", out)
+    assert_one_line_error(run, three, "has 3 rows, fewer than the xmodel's batch 4")
+    assert not out.exists()
+    # Without --check the batch does not matter: every row runs.
+    run = simulate(xmodel, "--data", three)
+    assert run.returncode == 0 and "3 rows" in run.stdout, run.stderr
 
 
 def assert_one_line_error(run, *fragments):

@@ -1,0 +1,78 @@
+"""What each DPU target needs from the xmodel and the docker: one table.
+
+    DPUCADF8H  Alveo U200/U250  batch 4  Vitis AI 1.3 to 2.5 (gone from 3.0 on)
+
+A target is recognised by any of its names: the DPU name (DPUCADF8H), a path
+through its folder in the docker (.../DPUCADF8H/U250/arch.json), the `target`
+of its arch.json (DPUCADF8H_ISA0) or its `fingerprint` (0x700000000000000).
+A DPU not in the table keeps the rule of the edge DPUs: batch 1.
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+ARCH_ROOT = "/opt/vitis_ai/compiler/arch"     # inside the Vitis AI docker
+DEFAULT_BATCH = 1                             # the edge DPUs (DPUCZDX8G ...) compile batch-1 xmodels
+
+
+@dataclass(frozen=True)
+class Target:
+    dpu: str                        # the folder name under ARCH_ROOT
+    boards: Tuple[str, ...]         # board folders; the first is the one a bare DPU name means
+    batch: int                      # the batch of the xmodels its compiler puts on the DPU
+    releases: str = ""              # the Vitis AI releases that ship its arch.json ("" unknown)
+    dropped_in: str = ""            # the first release without it
+    dockers: str = ""               # the docker images to compile for it in
+    isa_targets: Tuple[str, ...] = ()     # arch.json "target" values
+    fingerprint: Optional[int] = None     # arch.json "fingerprint"
+    batch_reason: str = ""          # what its compiler does with another batch
+    no_front_end: str = ""          # why it cannot compile a PyTorch xmodel at all ("" if it can)
+
+    def arch_path(self, root=ARCH_ROOT, board=None):
+        return os.path.join(root, self.dpu, board or self.boards[0], "arch.json")
+
+    def where_to_compile(self):
+        """Where its arch.json exists, for a message about a missing one."""
+        if not self.releases:
+            return ""
+        return "{}'s arch.json ships only in Vitis AI {}{}; compile in {}".format(
+            self.dpu, self.releases, " (dropped in {})".format(self.dropped_in) if self.dropped_in else "",
+            self.dockers)
+
+
+DPUCADF8H = Target(
+    dpu="DPUCADF8H", boards=("U250", "U200"), batch=4,
+    releases="1.3 to 2.5", dropped_in="3.0",
+    # 1.3's compiler stops at a leftover (Pdb) breakpoint, so 1.4 to 2.5.
+    dockers="the xilinx/vitis-ai-cpu docker of 1.4 to 2.5 (tags 1.4.916, 1.4.1.978, 2.0.0.1103 or a 2.5 tag)",
+    isa_targets=("DPUCADF8H_ISA0",), fingerprint=0x700000000000000,
+    batch_reason="its compiler (Vitis AI 1.4 to 2.5) assigns every op of another batch to the CPU, "
+                 "so the compiled graph would have no DPU subgraph")
+DPUCADX8G = Target(
+    dpu="DPUCADX8G", boards=("ALVEO",), batch=DEFAULT_BATCH,
+    no_front_end="vai_c_xir ends with 'NO FRONT END SPECIFIED' for DPUCADX8G: it has no PyTorch/XIR front end; "
+                 "use DPUCADF8H on U200/U250")
+TARGETS = (DPUCADF8H, DPUCADX8G)
+
+# The command that deploys an xmodel of a given batch (the first rows of the calibration data).
+DEPLOY_COMMAND = ("python vai_q_pytorch_quant.py --data_dir data --quant_mode test --deploy "
+                  "--deploy_batch {} --batch_size 64")
+
+
+def by_name(text):
+    """The target whose DPU name appears in `text` (a DPU name, an arch path, an arch.json target)."""
+    upper = str(text).upper()
+    return next((t for t in TARGETS if t.dpu in upper), None)
+
+
+def by_fingerprint(value):
+    """The target with this arch.json fingerprint (an int, or text such as "0x700000000000000")."""
+    try:
+        number = value if isinstance(value, int) else int(str(value), 0)
+    except ValueError:
+        return None
+    return next((t for t in TARGETS if t.fingerprint is not None and t.fingerprint == number), None)
+
+
+def required_batch(target):
+    return target.batch if target is not None else DEFAULT_BATCH

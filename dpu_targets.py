@@ -27,6 +27,8 @@ class Target:
     fingerprint: Optional[int] = None     # arch.json "fingerprint"
     batch_reason: str = ""          # what its compiler does with another batch
     no_front_end: str = ""          # why it cannot compile a PyTorch xmodel at all ("" if it can)
+    # The activations its engines fuse, as xmodel op types (() unknown: not checked).
+    activations: Tuple[str, ...] = ()
 
     def arch_path(self, root=ARCH_ROOT, board=None):
         return os.path.join(root, self.dpu, board or self.boards[0], "arch.json")
@@ -47,7 +49,9 @@ DPUCADF8H = Target(
     dockers="the xilinx/vitis-ai-cpu docker of 1.4 to 2.5 (tags 1.4.916, 1.4.1.978, 2.0.0.1103 or a 2.5 tag)",
     isa_targets=("DPUCADF8H_ISA0",), fingerprint=0x700000000000000,
     batch_reason="its compiler (Vitis AI 1.4 to 2.5) assigns every op of another batch to the CPU, "
-                 "so the compiled graph would have no DPU subgraph")
+                 "so the compiled graph would have no DPU subgraph",
+    # target_factory's description: relu, prelu, leaky_relu (alpha 26/256), relu_six.
+    activations=("relu", "leaky-relu", "relu6"))
 DPUCADX8G = Target(
     dpu="DPUCADX8G", boards=("ALVEO",), batch=DEFAULT_BATCH,
     no_front_end="vai_c_xir ends with 'NO FRONT END SPECIFIED' for DPUCADX8G: it has no PyTorch/XIR front end; "

@@ -176,6 +176,27 @@ def check_batch(report, path, model, target):
         path, model.batch, why, need, DEPLOY_COMMAND.format(need)))
 
 
+def check_engines(report, path, model, target):
+    """The fused activations against the target's engines; scale ops (BatchNorm1d) are the compiler's call."""
+    dpu = target.dpu if target is not None else "this DPU"
+    used = sorted({layer.activation for layer in model.layers if layer.activation})
+    if target is None or not target.activations:
+        if used:
+            report.skip("activations {}: the engines of {} are not in the table".format(", ".join(used), dpu))
+    else:
+        missing = [a for a in used if a not in target.activations]
+        if missing:
+            report.fail("{}: {} has no engine for {} (it fuses {})".format(
+                path, dpu, ", ".join(missing), ", ".join(target.activations)))
+        elif used:
+            report.ok("activations {}: {}'s engines have them".format(", ".join(used), dpu))
+    scales = [layer.name for layer in model.layers if layer.kind == "scale"]
+    if scales:
+        report.skip("scale ops of {} (BatchNorm1d, not folded by the quantizer): the compiler decides whether "
+                    "they run on the DPU or the CPU; the check after vai_c_xir shows where they went".format(
+                        ", ".join(scales)))
+
+
 # ---------------------------------------------------------------- the xmodel
 
 def check_xmodel(report, path):
@@ -349,6 +370,7 @@ def main():
     target = check_arch(report, args.arch, compiling=not args.no_compiler)
     if model is not None:
         check_batch(report, args.xmodel, model, target)
+        check_engines(report, args.xmodel, model, target)
     data = args.data
     if data is None and os.path.isfile(DEFAULT_DATA):
         data = DEFAULT_DATA

@@ -533,3 +533,37 @@ def test_a_missing_python(project):
 
 def test_bad_timeout(project):
     assert_refused(run_compile(project, compiler="ok", env={"COMPILE_TIMEOUT": "0"}), "COMPILE_TIMEOUT '0'")
+
+
+def engine_findings(xmodel, target):
+    report = preflight.Report()
+    preflight.check_engines(report, xmodel, read_xmodel(xmodel), target)
+    return report
+
+
+LAYERS = os.path.join(REPO, "tests", "fixtures", "golden", "layers")
+
+
+@pytest.mark.parametrize("case, activation", [("V1", "leaky-relu"), ("V3b", "relu6"), ("V0", "relu")])
+def test_dpucadf8h_engines_take_the_activations(case, activation, capsys):
+    import dpu_targets
+    folder = os.path.join(LAYERS, case, "expected", "quantize_result")
+    xmodel = os.path.join(folder, next(f for f in os.listdir(folder) if f.endswith(".xmodel")))
+    report = engine_findings(xmodel, dpu_targets.DPUCADF8H)
+    assert report.failures == []
+    assert "ok: activations {}: DPUCADF8H's engines have them".format(activation) in capsys.readouterr().out
+
+
+def test_an_activation_without_an_engine_fails_and_scale_is_left_to_the_compiler(capsys):
+    import dataclasses
+
+    import dpu_targets
+    xmodel = os.path.join(LAYERS, "V5", "expected", "quantize_result", "FFN_V5_int.xmodel")
+    assert engine_findings(xmodel, dpu_targets.DPUCADF8H).failures == []
+    out = capsys.readouterr().out
+    assert "skip: scale ops of bn1, bn2 (BatchNorm1d, not folded by the quantizer): the compiler decides" in out
+    narrow = dataclasses.replace(dpu_targets.DPUCADF8H, activations=("leaky-relu",))
+    assert engine_findings(xmodel, narrow).failures == [
+        "{}: DPUCADF8H has no engine for relu (it fuses leaky-relu)".format(xmodel)]
+    assert "skip: activations relu: the engines of this DPU are not in the table" in \
+        (engine_findings(xmodel, None), capsys.readouterr().out)[1]

@@ -30,7 +30,7 @@ import sys
 try:
     from checked_io import ArgumentParser, InputError, cli
     from simulate import deploy_check, deploy_rows, dump_folder, load_data, run_reference
-    from vaiq import legalize
+    from vaiq import dpu, legalize
     from vaiq.xmodel import SUPPORTED_OP_TYPES, XmodelError, _show, graph_to_model, read_graph, read_xmodel
 except ImportError as e:    # a Python without the project's packages (numpy, protobuf)
     sys.stderr.write("preflight.py: error: {} cannot import what the checks need ({}): set up the "
@@ -269,8 +269,11 @@ def check_deploy_dumps(report, path, model, features, data_path):
         return
     which = "row 0" if len(rows) == 1 else "rows 0 to {}".format(len(rows) - 1)
     checks, bad, differing_input = deploy_check(model, rows, folder)
+    overflow = dpu.overflow_explanation(rows, model.fp_in)
+    if differing_input is not None and overflow:
+        report.skip("deploy check: the input dump differs on {} of {}: {}".format(which, data_path, overflow))
     # A differing input means the data is not the deploy data: nothing to compare then.
-    if differing_input is not None:
+    elif differing_input is not None:
         report.skip("deploy check: {} of {} {} not the deploy {} ({})".format(
             which, data_path, "is" if len(rows) == 1 else "are", "row" if len(rows) == 1 else "rows",
             differing_input.describe()))

@@ -122,7 +122,10 @@ def check_dumps(model, rows, folder):
     if not bad:
         return True, "deploy check: all {} tensors match".format(len(checks))
     text = "deploy check: {} of {} tensors differ".format(len(bad), len(checks))
-    if differing_input is not None:
+    overflow = dpu.overflow_explanation(rows, model.fp_in)
+    if differing_input is not None and overflow:
+        text += " ({})".format(overflow)
+    elif differing_input is not None:
         text += " (the input differs: {}?)".format(
             "is row 0 of the data the deploy row" if len(rows) == 1 else
             "are rows 0 to {} of the data the deploy rows".format(len(rows) - 1))

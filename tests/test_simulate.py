@@ -164,3 +164,25 @@ def test_corrupt_xmodel(tmp_path):
     bad = tmp_path / "bad.xmodel"
     bad.write_bytes(b"\xff\xff\xff\xff not a protobuf")
     assert_one_line_error(simulate(bad, "--data", data), str(bad))
+
+
+def test_an_input_beyond_int32_in_the_deploy_row_is_explained(tmp_path):
+    """p6's row 128 holds 1e9: deployed on that row, the quantizer's input dump holds -128
+    (as vai_q_pytorch), the DPU reference 127; the comparison says why."""
+    p6 = os.path.join(GOLDEN, "p6_int32_overflow")
+    rows = np.load(os.path.join(p6, "calib.npy"))
+    (tmp_path / "data").mkdir()
+    np.save(str(tmp_path / "data" / "test.npy"), rows[128:])
+    out = tmp_path / "quantize_result"
+    common = ["--data_dir", str(tmp_path / "data"), "--checkpoint_dir", p6, "--model_name", "float_state_dict.pth",
+              "--input_size", "1", "--batch_size", "64", "--output_dir", str(out), "--backend", "builtin",
+              "--nndct_param_corr", "False"]
+    shutil.copytree(os.path.join(p6, "expected", "quantize_result"), str(out))
+    deployed = run_script("vai_q_pytorch_quant.py", *(common + ["--quant_mode", "test", "--deploy"]))
+    assert deployed.returncode == 0, deployed.stderr
+    assert "became -128" in deployed.stdout
+    result = simulate(str(out / "FFN_int.xmodel"), "--data", str(tmp_path / "data" / "test.npy"),
+                      "--check", str(out / "deploy_check_data_int"))
+    assert result.returncode == 1
+    assert ("row 0 holds an input beyond int32 at fix position 5: vai_q_pytorch turns it into -128, "
+            "the DPU (and this reference) saturate it to 127") in result.stdout.splitlines()[-1]

@@ -71,6 +71,28 @@ def quantize_input(x_float, fp):
     return saturate(q.astype(np.int64))
 
 
+# vai_q_pytorch rounds into a C int: a value beyond int32 becomes INT_MIN there, hence -128
+# (vai_q_pytorch.md, "Numbers"); the DPU saturates it. The two disagree on such rows only.
+INT32_LIMIT = 2.0 ** 31
+
+
+def int32_overflow_rows(x_float, fp):
+    """The rows of x_float holding an input that vai_q_pytorch turns into -128 at position fp."""
+    v = np.abs(np.ldexp(np.asarray(x_float, dtype=np.float32).astype(np.float64), fp))
+    return np.flatnonzero((~(v < INT32_LIMIT)).any(axis=-1))
+
+
+def overflow_explanation(x_float, fp):
+    """One clause for a comparison that differs because of such rows ("" when none)."""
+    rows = int32_overflow_rows(np.atleast_2d(x_float), fp)
+    if not len(rows):
+        return ""
+    shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    return ("row{} {} hold{} an input beyond int32 at fix position {}: vai_q_pytorch turns it into -128, "
+            "the DPU (and this reference) saturate it to 127".format(
+                "s" if len(rows) > 1 else "", shown, "" if len(rows) > 1 else "s", fp))
+
+
 def dequantize(q, fp):
     """The float32 values q * 2^-fp of integers q at fix position fp.
 

@@ -58,6 +58,10 @@ def test_model(model, x, output_dir, finetune):
     return quantizer, time.perf_counter() - start
 
 
+EXHAUSTIVE_LIMIT = 625   # every choice for up to four activations (the FFN: input and three layers)
+MAX_PASSES = 4           # of the one-tensor-at-a-time search beyond that
+
+
 def shifted(positions, tensors, shifts, chain):
     """Activation positions moved by `shifts`, then legalized as at export."""
     candidate = copy.deepcopy(positions)
@@ -68,19 +72,37 @@ def shifted(positions, tensors, shifts, chain):
 
 
 def position_search(chain, output_dir, x, y):
-    """(MSE, model, shifts) of the lowest int8 MSE on (x, y) over every choice of
+    """(MSE, model, shifts) of the lowest int8 MSE on (x, y) over the choices of
     activation positions within SEARCH_RADIUS of the calibrated ones (calibrated
-    parameters and bias correction kept)."""
+    parameters and bias correction kept): every choice while there are at most
+    EXHAUSTIVE_LIMIT, else one tensor at a time until no change helps (deep models)."""
     positions, bias_corrected, _ = read_quant_info(output_dir, chain)
     bias_corr = read_bias_corr(output_dir, chain) if bias_corrected else None
     tensors = chain.activation_tensors()
+    offsets = range(-SEARCH_RADIUS, SEARCH_RADIUS + 1)
     best = None
-    for shifts in itertools.product(range(-SEARCH_RADIUS, SEARCH_RADIUS + 1), repeat=len(tensors)):
+
+    def consider(shifts):
+        nonlocal best
         quant = QuantModel(chain, calib=False, positions=shifted(positions, tensors, shifts, chain),
                            bias_corr=bias_corr)
         value = mse(quant, x, y)
         if best is None or value < best[0]:
-            best = (value, quant, shifts)
+            best = (value, quant, tuple(shifts))
+
+    if len(offsets) ** len(tensors) <= EXHAUSTIVE_LIMIT:
+        for shifts in itertools.product(offsets, repeat=len(tensors)):
+            consider(shifts)
+        return best
+    consider((0,) * len(tensors))
+    for _ in range(MAX_PASSES):
+        start = best[2]
+        for k in range(len(tensors)):
+            current = best[2]
+            for offset in offsets:
+                consider(current[:k] + (offset,) + current[k + 1:])
+        if best[2] == start:
+            break
     return best
 
 

@@ -211,13 +211,16 @@ def layer_table(int_model):
     rows, n_bad = [], 0
     for layer, i in zip(int_model.layers, int_model.input_positions()):
         cut, bias = shift_cut(i, layer.fp_w, layer.fp_out), shift_bias(i, layer.fp_w, layer.fp_b)
-        problems = check_layer(i, layer.fp_w, layer.fp_b, layer.fp_out)
-        n_bad += bool(problems)
-        rows.append([layer.name, layer.activation or "none", i, layer.fp_w, layer.fp_b, layer.fp_out,
+        if layer.kind == "matmul":   # the layers the quantizer legalizes
+            problems = check_layer(i, layer.fp_w, layer.fp_b, layer.fp_out)
+            n_bad += bool(problems)
+            verdict = "out of range: " + "; ".join(problems) if problems else "ok"
+        else:
+            verdict = "scale: not legalized, placed by the compiler"
+        rows.append([layer.name, layer.kind, layer.activation or "none", i, layer.fp_w, layer.fp_b, layer.fp_out,
                      cut, "{}..{}".format(SHIFT_CUT_MIN, SHIFT_CUT_MAX),
-                     bias, "{}..{}".format(shift_bias_min(cut), SHIFT_BIAS_MAX),
-                     "out of range: " + "; ".join(problems) if problems else "ok"])
-    header = ["layer", "ReLU", "input", "weight", "bias", "output", "shift_cut", "shift_cut range",
+                     bias, "{}..{}".format(shift_bias_min(cut), SHIFT_BIAS_MAX), verdict])
+    header = ["layer", "op", "activation", "input", "weight", "bias", "output", "shift_cut", "shift_cut range",
               "shift_bias", "shift_bias range", "DPU"]
     return table(header, rows), n_bad
 

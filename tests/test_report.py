@@ -165,3 +165,17 @@ def test_folder_with_other_files_is_not_replaced(tmp_path):
     with pytest.raises(InputError, match="notes.txt"):
         report.main(golden_args(tmp_path))
     assert os.listdir(str(out)) == ["notes.txt"]
+
+
+def test_layer_table_of_a_batchnorm_leaky_model():
+    """Whatever model.py builds: every op of the xmodel, its activation, scale ops not legalized."""
+    from vaiq.xmodel import read_xmodel
+    layers = os.path.join(os.path.dirname(__file__), "fixtures", "golden", "layers")
+    model = read_xmodel(os.path.join(layers, "V5", "expected", "quantize_result", "FFN_V5_int.xmodel"))
+    lines, n_bad = report.layer_table(model)
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [(c[0], c[1], c[2]) for c in cells] == [("l1", "matmul", "none"), ("bn1", "scale", "relu"),
+                                                    ("l2", "matmul", "none"), ("bn2", "scale", "relu"),
+                                                    ("l3", "matmul", "none")]
+    assert n_bad == 0 and cells[1][-1] == "scale: not legalized, placed by the compiler"
+    assert [c[3] for c in cells] == ["5", "5", "5", "6", "4"]   # each op's input position

@@ -80,6 +80,11 @@ def test_auto_backend_uses_pytorch_nndct_with_the_api_of_the_real_one(nndct_env)
         ["export_onnx_model", "[('output_dir', 'quantize_result')]"],
     ]
     assert (work / "quantize_result" / "FFN_int.xmodel").exists()
+    log.unlink()
+    quant(work, "--quant_mode", "test", "--deploy", "--deploy_batch", "4")
+    assert calls(log)[0] == ["torch_quantizer", "test", "(4, 2)", "quantize_result", "8", ""]   # DPUCADF8H
+    from vaiq.xmodel import read_xmodel
+    assert read_xmodel(str(work / "quantize_result" / "FFN_int.xmodel")).batch == 4
 
 
 def test_fast_finetune_calls_the_real_api(nndct_env):

@@ -73,7 +73,7 @@ hls:
 	    --save_outputs hls_outputs.npy || [ $$? -eq $(NO_HLS4ML) ]
 
 report:
-	$(PY) report.py
+	$(PY) report.py --hls_outputs hls_outputs.npy
 
 benchmark:
 	$(PY) benchmark.py

@@ -3,7 +3,7 @@
     python report.py [--data_dir data] [--eval_data test.npy] [--input_size 2]
                      [--checkpoint_dir checkpoints] [--model_name ffn_state_dict.pth]
                      [--log_dir logs] [--quant_dir quantize_result] [--output_dir report]
-                     [--hls_outputs hls_outputs.npy]
+                     [--hls_outputs FILE.npy]
 
 Writes <output_dir>/README.md and the plots it shows:
   loss.png         training and validation loss per epoch (<log_dir>/train.csv, valid.csv)
@@ -13,8 +13,9 @@ The int8 outputs come from <quant_dir>/FFN_int.xmodel run in integer DPU
 arithmetic (vaiq/dpu.py), which equals the quantizer's test mode. The page also
 tables each layer's fix positions and DPU shifts, and the mse and r^2 of both
 models. Missing training logs are noted on the page; the rest is still made.
-Where hls4ml_project.py has saved its C-simulation outputs (--hls_outputs, from
-`make hls`), they get a row beside the DPU's and their equality with it is stated.
+With --hls_outputs (the C-simulation outputs that hls4ml_project.py saved on the same
+rows; `make report` passes the file of `make hls`), they get a row beside the DPU's and
+their equality with it is stated; a missing file is noted on the page.
 
 The folder is built aside and swapped in whole, so an interrupted run leaves
 the previous report; the same inputs give the same bytes.
@@ -62,8 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--log_dir", default="logs", help="train.csv and valid.csv of the training")
     parser.add_argument("--quant_dir", default="quantize_result", help="the quantizer's --output_dir")
     parser.add_argument("--output_dir", default="report", help="folder of README.md and the plots; replaced whole")
-    parser.add_argument("--hls_outputs", default="hls_outputs.npy",
-                        help="hls4ml_project.py --save_outputs of the same rows, if there")
+    parser.add_argument("--hls_outputs", metavar="FILE.npy",
+                        help="hls4ml_project.py --save_outputs on the same rows")
     return parser.parse_args(argv)
 
 
@@ -290,7 +291,10 @@ def main(argv=None):
                                       ("int8", regression_metrics(int8_out, targets))])}
     float_np, int8_np, targets_np = (t.numpy().astype(np.float64).ravel() for t in (float_out, int8_out, targets))
     diff = {"mse": regression_metrics(int8_out, float_out)["mse"], "max": float(np.abs(int8_np - float_np).max())}
-    if os.path.exists(args.hls_outputs):
+    if args.hls_outputs and not os.path.exists(args.hls_outputs):
+        metrics["hls"] = "No hls4ml C simulation: `{}` not found (`make hls`, Python 3.10 or newer).".format(
+            args.hls_outputs)
+    elif args.hls_outputs:
         hls_out = torch.from_numpy(load_npy(args.hls_outputs, n_columns=1).astype(np.float32))
         if len(hls_out) != len(targets):
             raise InputError("{}: has {} rows, the eval data {}".format(args.hls_outputs, len(hls_out), len(targets)))

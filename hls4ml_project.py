@@ -51,7 +51,8 @@ SYNTH_TOOLS = {"Vitis": "vitis-run", "Vivado": "vivado_hls"}
 # any other file in --output_dir makes the stage refuse to replace it.
 PROJECT_FILES = ("build_lib.sh", "build_opt.tcl", "build_prj.tcl", "firmware", "hls4ml_config.yml",
                  "project.tcl", "vivado_synth.tcl", "tb_data", PROJECT + "_bridge.cpp", PROJECT + "_test.cpp",
-                 PROJECT + "_prj", "vitis_hls.log", "vivado_hls.log", "logs")
+                 PROJECT + "_prj", "vitis_hls.log", "vivado_hls.log", "logs", "build_stdout.log",
+                 "build_stderr.log")
 # hls4ml's function name for each DPU activation.
 ACTIVATION_FUNCTIONS = {RELU: "relu", RELU6: "relu6", LEAKY_RELU: "leaky_relu"}
 
@@ -194,20 +195,25 @@ def csim_outputs(hls_model, features):
 
 # ---------------------------------------------------------------- synthesis
 
-def synthesize(hls_model, tmp, backend):
-    """HLS synthesis in the project; one line of latency and resources from its report."""
+def synthesize(hls_model, output_dir, backend):
+    """HLS synthesis in the project; one line of latency and resources from its csynth report."""
+    # Vitis's log goes to build_stdout.log in the project; vivado_hls prints its own.
+    options = {"log_to_stdout": False} if backend == "Vitis" else {}
     with contextlib.redirect_stdout(io.StringIO()) as log:
         try:
-            report = hls_model.build(csim=False, synth=True, cosim=False, export=False)
+            report = hls_model.build(csim=False, synth=True, cosim=False, export=False, **options)
         except Exception as e:  # hls4ml raises a bare Exception when the tool fails
-            raise InputError("{}: {} synthesis failed ({}); its log is in the project".format(tmp, backend, e))
+            raise InputError("{}: {} synthesis failed ({})".format(output_dir, backend, e))
     synth = (report or {}).get("CSynthesisReport")
     if not synth:
         last = (log.getvalue().strip().splitlines() or ["no output"])[-1]
-        raise InputError("{}: {} synthesis wrote no report ({})".format(tmp, backend, last))
-    keys = ("BestLatency", "WorstLatency", "IntervalMin", "IntervalMax", "EstimatedClockPeriod",
-            "LUT", "FF", "DSP", "DSP48E", "BRAM_18K", "URAM")
-    return ", ".join("{} {}".format(k, synth[k]) for k in keys if k in synth)
+        raise InputError("{}: {} synthesis wrote no report ({})".format(output_dir, backend, last))
+    text = "latency {}-{} cycles, interval {}-{}, clock {} ns (target {})".format(
+        synth["BestLatency"], synth["WorstLatency"], synth["IntervalMin"], synth["IntervalMax"],
+        synth["EstimatedClockPeriod"], synth["TargetClockPeriod"])
+    resources = ["{} {} of {}".format(key, synth[key], synth.get("Available" + key, "?"))
+                 for key in ("LUT", "FF", "DSP", "BRAM_18K", "URAM") if key in synth]
+    return "; ".join([text] + resources)
 
 
 # ---------------------------------------------------------------- main
@@ -257,7 +263,7 @@ def main():
         times.append(time.perf_counter() - sum(times) - start)
         equal, text = compare(outputs, reference)
         if args.synth and has_synth_tool and equal:
-            synth_line = synthesize(hls_model, tmp, args.backend)
+            synth_line = synthesize(hls_model, args.output_dir, args.backend)
     print("hls4ml_project: {} ({}, {}) written in {:.2f} s, C simulation built in {:.1f} s, "
           "{} rows run in {:.2f} s".format(args.output_dir, args.backend, args.part, times[0], times[1],
                                            len(features), times[2]))

@@ -65,6 +65,36 @@ def grid_data(case):
     return np.hstack([grid.astype(np.float64), np.zeros((len(grid), 1))])
 
 
+def hls(tmp_path, *args, env=None, timeout=120):
+    """The script in tmp_path, with another environment if given (run_script keeps this one's)."""
+    if env is None:
+        return run_script("hls4ml_project.py", *args, cwd=str(tmp_path), timeout=timeout)
+    command = [sys.executable, os.path.join(REPO, "hls4ml_project.py")] + [str(arg) for arg in args]
+    return subprocess.run(command, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=timeout)
+
+
+
+
+# Writes what Vitis HLS writes for the report: the csynth report, the file listing the solution.
+FAKE_VITIS_RUN = """#!/bin/bash
+echo "vitis-run $*"
+mkdir -p ffn_prj/solution1/syn/report
+echo '<AutoPilot:project xmlns:AutoPilot="x"><solutions><solution name="solution1"/></solutions></AutoPilot:project>' \\
+    > ffn_prj/hls.app
+cat > ffn_prj/solution1/syn/report/ffn_csynth.xml <<'XML'
+<profile><UserAssignments><TargetClockPeriod>5.00</TargetClockPeriod></UserAssignments>
+<PerformanceEstimates><SummaryOfTimingAnalysis><EstimatedClockPeriod>3.650</EstimatedClockPeriod>
+</SummaryOfTimingAnalysis><SummaryOfOverallLatency><Best-caseLatency>6</Best-caseLatency>
+<Worst-caseLatency>6</Worst-caseLatency><Interval-min>1</Interval-min><Interval-max>1</Interval-max>
+</SummaryOfOverallLatency></PerformanceEstimates>
+<AreaEstimates><Resources><BRAM_18K>0</BRAM_18K><DSP>0</DSP><FF>815</FF><LUT>2431</LUT><URAM>0</URAM></Resources>
+<AvailableResources><BRAM_18K>5376</BRAM_18K><DSP>12288</DSP><FF>3456000</FF><LUT>1728000</LUT><URAM>1280</URAM>
+</AvailableResources></AreaEstimates></profile>
+XML
+"""
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """{name: (CompletedProcess, its --output_dir, its --save_outputs)} of every run, built once."""
@@ -81,13 +111,19 @@ def runs(tmp_path_factory):
     write_xmodel(model, jobs["extreme"][0])
     np.save(jobs["extreme"][1], extreme_data(model))
 
+    tools = tmp / "tools"
+    tools.mkdir()
+    (tools / "vitis-run").write_text(FAKE_VITIS_RUN)
+    os.chmod(str(tools / "vitis-run"), 0o755)
+
     def run(name):
         xmodel, data = jobs[name]
         out, outputs = str(tmp / name), str(tmp / (name + "_outputs.npy"))
-        # p2 also asks for synthesis, which needs a Vitis HLS that this machine lacks.
-        extra = ["--synth"] if name == "p2_trained_in2_nocorr" else []
-        return name, (run_script("hls4ml_project.py", xmodel, "--data", data, "--output_dir", out,
-                                 "--save_outputs", outputs, *extra, cwd=str(tmp), timeout=600), out, outputs)
+        # p2 and p3 also ask for synthesis: p2 without Vitis HLS, p3 with a stand-in for it.
+        extra = ["--synth"] if name in ("p2_trained_in2_nocorr", "p3_random_in4") else []
+        env = dict(os.environ, PATH=str(tools) + os.pathsep + os.environ["PATH"]) if name == "p3_random_in4" else None
+        return name, (hls(tmp, xmodel, "--data", data, "--output_dir", out, "--save_outputs", outputs, *extra,
+                          env=env, timeout=600), out, outputs)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(pool.map(run, jobs))
@@ -101,7 +137,7 @@ def result_line(run):
 @needs_hls4ml
 @pytest.mark.parametrize("case", CASES)
 def test_csim_equals_the_quantizer_on_every_golden_row(runs, case):
-    run, _, outputs = runs[case]
+    run, out, outputs = runs[case]
     expected = np.load(os.path.join(GOLDEN, case, "expected", "test_outputs.npy"))
     if case == "p2_trained_in2_nocorr":
         assert run.returncode == hls4ml_project.EXIT_NO_HLS_TOOL, run.stderr
@@ -110,6 +146,14 @@ def test_csim_equals_the_quantizer_on_every_golden_row(runs, case):
         assert run.returncode == 0, run.stderr
     assert result_line(run) == "hls4ml_project FFN_int.xmodel: {} rows compared with the integer DPU reference: " \
         "all equal".format(len(expected))
+    if case == "p3_random_in4":
+        assert run.stdout.splitlines()[-1] == "hls4ml_project: Vitis synthesis: latency 6-6 cycles, interval 1-1, " \
+            "clock 3.650 ns (target 5.00); LUT 2431 of 1728000; FF 815 of 3456000; DSP 0 of 12288; " \
+            "BRAM_18K 0 of 5376; URAM 0 of 1280"
+        with open(os.path.join(out, "build_stdout.log")) as f:
+            assert f.read() == "vitis-run --tcl build_prj.tcl --mode hls\n"
+        with open(os.path.join(out, "build_opt.tcl")) as f:
+            assert "csim       0\n    synth      1\n" in f.read()
     got = np.load(outputs)
     assert got.dtype == np.float32 and got.shape == expected.shape
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
@@ -172,15 +216,6 @@ def test_project_targets_the_u250_and_is_the_same_bytes_twice(runs):
 
 
 # ---------------------------------------------------------------- bad input
-
-def hls(tmp_path, *args, env=None):
-    """The script in tmp_path, with another environment if given (run_script keeps this one's)."""
-    if env is None:
-        return run_script("hls4ml_project.py", *args, cwd=str(tmp_path), timeout=120)
-    command = [sys.executable, os.path.join(REPO, "hls4ml_project.py")] + [str(arg) for arg in args]
-    return subprocess.run(command, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=120)
-
 
 def test_old_python_is_one_line_and_its_own_exit_code(tmp_path, monkeypatch, capsys):
     if sys.version_info < (3, 10):

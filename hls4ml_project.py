@@ -36,7 +36,7 @@ import numpy as np
 
 from checked_io import ArgumentParser, InputError, atomic_path, check_output_dir, cli, npy_path, save_npy
 from simulate import load_model, run_reference
-from vaiq.int_model import LEAKY_RELU, LEAKY_RELU_ALPHA, LEAKY_RELU_ALPHA_SHIFT, MATMUL, Q_MAX, Q_MIN, RELU, RELU6
+from vaiq.int_model import LEAKY_RELU, LEAKY_RELU_ALPHA, LEAKY_RELU_ALPHA_SHIFT, MATMUL, Q_MIN, RELU, RELU6
 
 EXIT_MISMATCH = 1
 EXIT_NO_HLS_TOOL = 3

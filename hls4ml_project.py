@@ -171,8 +171,8 @@ def write_project(hls_model, tmp, output_dir):
         f.write(text.replace(tmp, output_dir))
 
 
-def build_csim(hls_model, tmp):
-    """Build the C simulation (g++, hls4ml's build_lib.sh) and load it for predict()."""
+def build_csim(hls_model, tmp, output_dir):
+    """Build the C simulation in `tmp` (g++, hls4ml's build_lib.sh) and load it for predict()."""
     import ctypes
 
     run = subprocess.run(["bash", "build_lib.sh"], cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -180,7 +180,7 @@ def build_csim(hls_model, tmp):
     if run.returncode != 0:
         errors = [line for line in run.stdout.splitlines() if "error" in line] or run.stdout.splitlines() or ["?"]
         raise InputError("{}: the C simulation did not build with g++: {}".format(
-            os.path.join(tmp, "build_lib.sh"), errors[0].strip()))
+            os.path.join(output_dir, "build_lib.sh"), errors[0].strip()))
     library = os.path.join(tmp, "firmware", "{}-{}.so".format(PROJECT, hls_model.config.get_config_value("Stamp")))
     hls_model._top_function_lib = ctypes.cdll.LoadLibrary(library)
 
@@ -257,7 +257,7 @@ def main():
         hls_model = build_model(model, tmp, args.backend, args.part)
         write_project(hls_model, tmp, args.output_dir)
         times.append(time.perf_counter() - start)
-        build_csim(hls_model, tmp)
+        build_csim(hls_model, tmp, args.output_dir)
         times.append(time.perf_counter() - sum(times) - start)
         outputs = csim_outputs(hls_model, features)
         times.append(time.perf_counter() - sum(times) - start)

@@ -307,3 +307,17 @@ def test_report_shows_the_csim_beside_the_dpu(runs, tmp_path):
     text = (tmp_path / "report" / "README.md").read_text()
     assert "No hls4ml C simulation: `{}` not found".format(tmp_path / "none.npy") in text
     assert "int8, hls4ml C simulation" not in text
+
+
+@needs_hls4ml
+def test_a_failed_build_leaves_nothing(tmp_path):
+    """A g++ that fails: one line naming the build script, no project, no temporary folder."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "g++").write_text("#!/bin/sh\necho 'firmware/ffn.cpp:1: error: no compiler here' >&2\nexit 1\n")
+    os.chmod(str(tools / "g++"), 0o755)
+    env = dict(os.environ, PATH=str(tools) + os.pathsep + os.environ["PATH"])
+    result = hls(tmp_path, P1_XMODEL, "--data", P1_DATA, "--save_outputs", "out.npy", env=env)
+    assert_clean_error(result, "hls_project/build_lib.sh: the C simulation did not build with g++",
+                       "no compiler here")
+    assert sorted(os.listdir(str(tmp_path))) == ["tools"]

@@ -9,14 +9,17 @@ STAMP  := $(VENV)/.installed
 # compile.sh exits with this code when vai_c_xir is missing (outside the docker),
 # after its pre-flight checks have passed: the expected end on a plain machine.
 NO_COMPILER := 3
+# hls4ml_project.py exits with this code on Python older than 3.10 (the Vitis AI docker's),
+# where hls4ml 1.3.0 does not install: the stage is passed over with its one line.
+NO_HLS4ML := 4
 
-.PHONY: pipeline stages test install data train evaluate calib quant_test deploy simulate compile report \
+.PHONY: pipeline stages test install data train evaluate calib quant_test deploy simulate compile hls report \
         benchmark quality
 
 pipeline: install
 	$(MAKE) stages
 
-stages: data train evaluate calib quant_test deploy simulate compile report
+stages: data train evaluate calib quant_test deploy simulate compile hls report
 
 # pip<24.1: newer pip refuses catalyst 22.4's metadata. torch==2.13.0 is the CPU wheel
 # (any other version pulls a CUDA build of several GB). protobuf 3.20.3, the docker's,
@@ -66,8 +69,14 @@ simulate:
 compile:
 	PY=$(PY) bash compile.sh || [ $$? -eq $(NO_COMPILER) ]
 
+# The second route: the deployed network as an hls4ml project for the U250 (hls_project/),
+# its C simulation (g++) compared with the integer DPU reference on every row
+hls:
+	$(PY) hls4ml_project.py quantize_result/FFN_int.xmodel --output_dir hls_project --data data/test.npy \
+	    --save_outputs hls_outputs.npy || [ $$? -eq $(NO_HLS4ML) ]
+
 report:
-	$(PY) report.py
+	$(PY) report.py --hls_outputs hls_outputs.npy
 
 benchmark:
 	$(PY) benchmark.py

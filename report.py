@@ -3,6 +3,7 @@
     python report.py [--data_dir data] [--eval_data test.npy] [--input_size 2]
                      [--checkpoint_dir checkpoints] [--model_name ffn_state_dict.pth]
                      [--log_dir logs] [--quant_dir quantize_result] [--output_dir report]
+                     [--hls_outputs FILE.npy]
 
 Writes <output_dir>/README.md and the plots it shows:
   loss.png         training and validation loss per epoch (<log_dir>/train.csv, valid.csv)
@@ -12,6 +13,9 @@ The int8 outputs come from <quant_dir>/FFN_int.xmodel run in integer DPU
 arithmetic (vaiq/dpu.py), which equals the quantizer's test mode. The page also
 tables each layer's fix positions and DPU shifts, and the mse and r^2 of both
 models. Missing training logs are noted on the page; the rest is still made.
+With --hls_outputs (the C-simulation outputs that hls4ml_project.py saved on the same
+rows; `make report` passes the file of `make hls`), they get a row beside the DPU's and
+their equality with it is stated; a missing file is noted on the page.
 
 The folder is built aside and swapped in whole, so an interrupted run leaves
 the previous report; the same inputs give the same bytes.
@@ -28,8 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from checked_io import (ArgumentParser, InputError, atomic_path, check_output_dir, cli, positive_int,  # noqa: E402
-                        require_file)
+from checked_io import (ArgumentParser, InputError, atomic_path, check_output_dir, cli, load_npy,  # noqa: E402
+                        positive_int, require_file)
 from losses import predict, regression_metrics  # noqa: E402
 from model import FFN  # noqa: E402
 from preprocessors import checkpoint_path, load_ffn, make_dataloader  # noqa: E402
@@ -59,6 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--log_dir", default="logs", help="train.csv and valid.csv of the training")
     parser.add_argument("--quant_dir", default="quantize_result", help="the quantizer's --output_dir")
     parser.add_argument("--output_dir", default="report", help="folder of README.md and the plots; replaced whole")
+    parser.add_argument("--hls_outputs", metavar="FILE.npy",
+                        help="hls4ml_project.py --save_outputs on the same rows")
     return parser.parse_args(argv)
 
 
@@ -225,6 +231,14 @@ def layer_table(int_model):
     return table(header, rows), n_bad
 
 
+def hls_line(path, hls_out, int8_out):
+    """The page's line on the hls4ml C simulation against the DPU arithmetic."""
+    differ = int((hls_out != int8_out).sum())
+    return "hls4ml C simulation for the U250 (`{}`, `hls4ml_project.py`): {} the DPU arithmetic on {} " \
+        "rows.".format(path, "equal to" if not differ else "differs from", len(int8_out)) + \
+        ("" if not differ else " ({} rows differ)".format(differ))
+
+
 def page(paths, log_notes, metrics, diff, int_model, pngs):
     """The Markdown text of README.md."""
     lsb = 2.0 ** -int_model.fp_out
@@ -242,7 +256,7 @@ def page(paths, log_notes, metrics, diff, int_model, pngs):
     lines += table(["model", "mse", "r^2"],
                    [[name, "{:.6e}".format(m["mse"]), "{:.6f}".format(m["r^2"])]
                     for name, m in metrics["models"].items()])
-    lines += ["",
+    lines += [""] + ([metrics["hls"], ""] if "hls" in metrics else []) + [
               "int8 vs float: mse {:.3e}, largest |int8 - float| {:.4g} = {:.2f} output LSB "
               "(1 LSB = 2^-{} = {:g}).".format(diff["mse"], diff["max"], diff["max"] / lsb, int_model.fp_out, lsb),
               "", "![Predicted vs target]({})".format(PREDICTIONS_PNG),
@@ -280,6 +294,15 @@ def main(argv=None):
                                       ("int8", regression_metrics(int8_out, targets))])}
     float_np, int8_np, targets_np = (t.numpy().astype(np.float64).ravel() for t in (float_out, int8_out, targets))
     diff = {"mse": regression_metrics(int8_out, float_out)["mse"], "max": float(np.abs(int8_np - float_np).max())}
+    if args.hls_outputs and not os.path.exists(args.hls_outputs):
+        metrics["hls"] = "No hls4ml C simulation: `{}` not found (`make hls`, Python 3.10 or newer).".format(
+            args.hls_outputs)
+    elif args.hls_outputs:
+        hls_out = torch.from_numpy(load_npy(args.hls_outputs, n_columns=1).astype(np.float32))
+        if len(hls_out) != len(targets):
+            raise InputError("{}: has {} rows, the eval data {}".format(args.hls_outputs, len(hls_out), len(targets)))
+        metrics["models"]["int8, hls4ml C simulation"] = regression_metrics(hls_out, targets)
+        metrics["hls"] = hls_line(args.hls_outputs, hls_out, int8_out)
 
     pngs = ([LOSS_PNG] if logs else []) + [PREDICTIONS_PNG, ERRORS_PNG]
     with atomic_path(args.output_dir) as tmp:

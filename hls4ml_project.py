@@ -1,0 +1,285 @@
+"""The second route to the U250: an hls4ml HLS project of a quantizer xmodel, with a C
+simulation that must equal the integer DPU reference (vaiq/dpu.py) bit for bit.
+
+    python hls4ml_project.py [XMODEL] [--output_dir hls_project] [--data data/test.npy]
+                             [--save_outputs FILE.npy] [--backend Vitis|Vivado]
+                             [--part xcu250-figd2104-2L-e] [--synth]
+
+The xmodel (ours or the real vai_q_pytorch's, any batch: the design takes one row at a
+time) becomes an hls4ml layer list with the DPU's types (spec hls4ml.md): every tensor
+ap_fixed<8, 8 - fix_point, AP_RND, AP_SAT> (round half up, saturate), weights and biases
+passed as their exact values q * 2^-fp, and accumulators wide enough to hold every sum
+exactly, so the cast to the output type is the DPU's single rounding. A fused activation
+gets the exact sum and does the rounding itself (leaky-relu's 26/256 and relu6's clamp
+then act on the exact value, as on the DPU). The project is written, its C simulation
+built with g++ (no Xilinx tools), every row of --data run through it and compared with
+the integer reference; one line gives the result. The project folder is built aside and
+swapped in whole, with no time stamp or temporary path in its files.
+
+--synth runs HLS synthesis where the backend's tool is on PATH (Vitis: vitis-run,
+Vivado: vivado_hls) and prints latency and resources from its report.
+
+Exit codes: 0 all rows equal; 1 some row differs; 2 bad input or a missing g++/hls4ml;
+3 --synth without the HLS tool (the C simulation ran and was equal); 4 Python older than
+3.10, where hls4ml 1.3.0 does not install (nothing was done).
+"""
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from checked_io import ArgumentParser, InputError, atomic_path, check_output_dir, cli, npy_path, save_npy
+from simulate import load_model, run_reference
+from vaiq.int_model import LEAKY_RELU, LEAKY_RELU_ALPHA, LEAKY_RELU_ALPHA_SHIFT, MATMUL, Q_MIN, RELU, RELU6
+
+EXIT_MISMATCH = 1
+EXIT_NO_HLS_TOOL = 3
+EXIT_OLD_PYTHON = 4
+MIN_PYTHON = (3, 10)
+
+U250_PART = "xcu250-figd2104-2L-e"
+PROJECT = "ffn"
+INPUT = "x"
+SYNTH_TOOLS = {"Vitis": "vitis-run", "Vivado": "vivado_hls"}
+# Everything the two backends and their synthesis write at the top of the project;
+# any other file in --output_dir makes the stage refuse to replace it.
+PROJECT_FILES = ("build_lib.sh", "build_opt.tcl", "build_prj.tcl", "firmware", "hls4ml_config.yml",
+                 "project.tcl", "vivado_synth.tcl", "tb_data", PROJECT + "_bridge.cpp", PROJECT + "_test.cpp",
+                 PROJECT + "_prj", "vitis_hls.log", "vivado_hls.log", "logs", "build_stdout.log",
+                 "build_stderr.log")
+# hls4ml's function name for each DPU activation.
+ACTIVATION_FUNCTIONS = {RELU: "relu", RELU6: "relu6", LEAKY_RELU: "leaky_relu"}
+
+
+def parse_args():
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("xmodel", nargs="?", default=os.path.join("quantize_result", "FFN_int.xmodel"),
+                        help="the quantizer's <Net>_int.xmodel (default quantize_result/FFN_int.xmodel)")
+    parser.add_argument("--output_dir", default="hls_project", help="the HLS project folder; replaced whole")
+    parser.add_argument("--data", default=os.path.join("data", "test.npy"),
+                        help=".npy (rows, input_size + 1): features, then the target")
+    parser.add_argument("--save_outputs", type=npy_path, metavar="FILE.npy",
+                        help="save the C-simulation outputs, float32 (rows, 1)")
+    parser.add_argument("--backend", choices=sorted(SYNTH_TOOLS), default="Vitis")
+    parser.add_argument("--part", default=U250_PART, help="the FPGA part (default: the Alveo U250's)")
+    parser.add_argument("--synth", action="store_true", help="also run HLS synthesis (needs Vitis HLS or Vivado HLS)")
+    return parser.parse_args()
+
+
+# ---------------------------------------------------------------- types
+
+def fixed(fp, width=8, rounding=True):
+    """ap_fixed of `width` bits whose last bit is 2^-fp; the DPU's rounding and saturation
+    for a tensor (rounding=True), plain for an exact intermediate (nothing is ever cut)."""
+    text = "ap_fixed<{},{}".format(width, width - fp)
+    return text + (",AP_RND,AP_SAT>" if rounding else ">")
+
+
+def exact_sum(n_terms, fp_a, fp_b, fp_bias):
+    """The type holding sum(a * b) + bias of n_terms int8 products at position fp_a + fp_b and
+    an int8 bias at fp_bias without loss: the finer position, and one bit over the bound."""
+    fp = max(fp_a + fp_b, fp_bias)
+    bound = (n_terms * Q_MIN * Q_MIN << (fp - fp_a - fp_b)) + (-Q_MIN << (fp - fp_bias))
+    return fixed(fp, width=bound.bit_length() + 1, rounding=False)
+
+
+def exact_values(q, fp):
+    """float64 q * 2^-fp: the decimal text hls4ml writes then holds the value exactly."""
+    return np.ldexp(np.asarray(q, dtype=np.float64), -fp)
+
+
+# ---------------------------------------------------------------- the hls4ml model
+
+def layer_list(model):
+    """(hls4ml layer list, per-layer Precision) of the IntModel, one op (and its
+    activation) at a time; names are the xmodel layers' (`l1` -> `dense_l1`, `relu_l1`)."""
+    layers = [{"class_name": "InputLayer", "name": INPUT, "input_shape": [model.input_size]}]
+    precision = {INPUT: {"result": fixed(model.fp_in)}}
+    previous = INPUT
+    for fp_in, layer in zip(model.input_positions(), model.layers):
+        stem = "".join(c if c.isalnum() else "_" for c in layer.name)
+        n_terms = layer.weight.shape[1] if layer.kind == MATMUL else 1
+        exact = exact_sum(n_terms, fp_in, layer.fp_w, layer.fp_b)
+        # With an activation after it the op keeps its exact sum; the activation rounds once.
+        result = exact if layer.activation else fixed(layer.fp_out)
+        if layer.kind == MATMUL:
+            name = "dense_" + stem
+            layers.append({"class_name": "Dense", "name": name, "inputs": [previous],
+                           "n_in": layer.weight.shape[1], "n_out": layer.weight.shape[0], "use_bias": True,
+                           # Keras layout [in, out]: the layer list is not channels-last converted
+                           "weight_data": exact_values(layer.weight.T, layer.fp_w),
+                           "bias_data": exact_values(layer.bias, layer.fp_b)})
+            precision[name] = {"weight": fixed(layer.fp_w), "bias": fixed(layer.fp_b), "accum": exact,
+                               "result": result}
+        else:  # scale: a BatchNorm1d given as its quantized scale and offset
+            name = "scale_" + stem
+            layers.append({"class_name": "BatchNormalization", "name": name, "inputs": [previous],
+                           "n_in": len(layer.bias), "n_filt": -1,
+                           "scale_data": exact_values(layer.weight, layer.fp_w),
+                           "bias_data": exact_values(layer.bias, layer.fp_b)})
+            precision[name] = {"scale": fixed(layer.fp_w), "bias": fixed(layer.fp_b), "result": result}
+        previous = name
+        if layer.activation:
+            name = "{}_{}".format(ACTIVATION_FUNCTIONS[layer.activation], stem)
+            act = {"class_name": "Activation", "name": name, "inputs": [previous],
+                   "activation": ACTIVATION_FUNCTIONS[layer.activation]}
+            precision[name] = {"result": fixed(layer.fp_out)}
+            if layer.activation == LEAKY_RELU:
+                act.update(class_name="LeakyReLU", activ_param=LEAKY_RELU_ALPHA)
+                # 26/256 exactly: the product with the exact sum is exact, then rounded once.
+                precision[name]["param"] = fixed(LEAKY_RELU_ALPHA_SHIFT, width=LEAKY_RELU_ALPHA_SHIFT + 1,
+                                                 rounding=False)
+            layers.append(act)
+            previous = name
+    return layers, precision
+
+
+def build_model(model, output_dir, backend, part):
+    """The hls4ml ModelGraph of the IntModel, to be written into output_dir."""
+    from hls4ml.model.graph import ModelGraph
+    from hls4ml.utils.config import create_config
+
+    layers, precision = layer_list(model)
+    # Weights inside the headers: the text files would be read at run time from an
+    # absolute path compiled into the library, the temporary folder's.
+    config = create_config(output_dir=output_dir, project_name=PROJECT, backend=backend, part=part,
+                           write_weights_txt=False)
+    config["HLSConfig"] = {"Model": {"Precision": "ap_fixed<16,6>", "ReuseFactor": 1, "Strategy": "Latency"},
+                           "LayerName": {name: {"Precision": p} for name, p in precision.items()}}
+    with contextlib.redirect_stdout(io.StringIO()):
+        hls_model = ModelGraph.from_layer_list(config, layers)
+    # hls4ml names the C-simulation library with a random stamp; a digest of the layers
+    # keeps it unique per network and the project the same bytes on every run.
+    hls_model.config.config["Stamp"] = hashlib.sha256(repr((layers, precision)).encode()).hexdigest()[:8]
+    return hls_model
+
+
+def write_project(hls_model, tmp, output_dir):
+    """Write the project into `tmp`; the one file naming its folder names `output_dir` instead."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        hls_model.config.backend.writer.write_hls(hls_model)
+    config = os.path.join(tmp, "hls4ml_config.yml")
+    with open(config, encoding="utf-8") as f:
+        text = f.read()
+    with open(config, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text.replace(tmp, output_dir))
+
+
+def build_csim(hls_model, tmp, output_dir):
+    """Build the C simulation in `tmp` (g++, hls4ml's build_lib.sh) and load it for predict()."""
+    import ctypes
+
+    run = subprocess.run(["bash", "build_lib.sh"], cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         universal_newlines=True)
+    if run.returncode != 0:
+        errors = [line for line in run.stdout.splitlines() if "error" in line] or run.stdout.splitlines() or ["?"]
+        raise InputError("{}: the C simulation did not build with g++: {}".format(
+            os.path.join(output_dir, "build_lib.sh"), errors[0].strip()))
+    library = os.path.join(tmp, "firmware", "{}-{}.so".format(PROJECT, hls_model.config.get_config_value("Stamp")))
+    hls_model._top_function_lib = ctypes.cdll.LoadLibrary(library)
+
+
+def csim_outputs(hls_model, features):
+    """The C simulation of every row (float32 in, as the DPU's input), float32 (rows, 1)."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    with contextlib.redirect_stdout(io.StringIO()):
+        y = hls_model.predict(x)
+    return np.asarray(y, dtype=np.float32).reshape(len(x), -1)
+
+
+# ---------------------------------------------------------------- synthesis
+
+def synthesize(hls_model, output_dir, backend):
+    """HLS synthesis in the project; one line of latency and resources from its csynth report."""
+    # Vitis's log goes to build_stdout.log in the project; vivado_hls prints its own.
+    options = {"log_to_stdout": False} if backend == "Vitis" else {}
+    with contextlib.redirect_stdout(io.StringIO()) as log:
+        try:
+            report = hls_model.build(csim=False, synth=True, cosim=False, export=False, **options)
+        except Exception as e:  # hls4ml raises a bare Exception when the tool fails
+            raise InputError("{}: {} synthesis failed ({})".format(output_dir, backend, e))
+    synth = (report or {}).get("CSynthesisReport")
+    if not synth:
+        last = (log.getvalue().strip().splitlines() or ["no output"])[-1]
+        raise InputError("{}: {} synthesis wrote no report ({})".format(output_dir, backend, last))
+    text = "latency {}-{} cycles, interval {}-{}, clock {} ns (target {})".format(
+        synth["BestLatency"], synth["WorstLatency"], synth["IntervalMin"], synth["IntervalMax"],
+        synth["EstimatedClockPeriod"], synth["TargetClockPeriod"])
+    resources = ["{} {} of {}".format(key, synth[key], synth.get("Available" + key, "?"))
+                 for key in ("LUT", "FF", "DSP", "BRAM_18K", "URAM") if key in synth]
+    return "; ".join([text] + resources)
+
+
+# ---------------------------------------------------------------- main
+
+def require_tools(synth, backend):
+    """(InputError for a missing hls4ml or g++; whether the synthesis tool is there)."""
+    try:
+        import hls4ml  # noqa: F401
+    except ImportError as e:
+        raise InputError("hls4ml cannot be imported ({}): pip install 'hls4ml==1.3.0'".format(e))
+    if shutil.which("g++") is None:
+        raise InputError("g++: not found on PATH; hls4ml builds its C simulation with g++")
+    return not synth or shutil.which(SYNTH_TOOLS[backend]) is not None
+
+
+def compare(outputs, reference):
+    """The result line's text: rows compared and whether all are equal."""
+    differ = np.flatnonzero((outputs != reference).any(axis=1))
+    text = "{} rows compared with the integer DPU reference: ".format(len(reference))
+    if not len(differ):
+        return True, text + "all equal"
+    return False, text + "{} differ (first: row {}, C simulation {!r}, reference {!r})".format(
+        len(differ), differ[0], float(outputs[differ[0], 0]), float(reference[differ[0], 0]))
+
+
+def main():
+    args = parse_args()
+    if sys.version_info[:2] < MIN_PYTHON:
+        print("hls4ml_project.py: skipped: hls4ml 1.3.0 needs Python {}.{} or newer, this is {}".format(
+            MIN_PYTHON[0], MIN_PYTHON[1], sys.version.split()[0]))
+        return EXIT_OLD_PYTHON
+    has_synth_tool = require_tools(args.synth, args.backend)
+    check_output_dir(args.output_dir, own_files=PROJECT_FILES)
+    model = load_model(args.xmodel)
+    features, reference, _ = run_reference(args.xmodel, model, args.data)
+
+    times = []
+    synth_line = None
+    with atomic_path(args.output_dir) as tmp:
+        start = time.perf_counter()
+        hls_model = build_model(model, tmp, args.backend, args.part)
+        write_project(hls_model, tmp, args.output_dir)
+        times.append(time.perf_counter() - start)
+        build_csim(hls_model, tmp, args.output_dir)
+        times.append(time.perf_counter() - sum(times) - start)
+        outputs = csim_outputs(hls_model, features)
+        times.append(time.perf_counter() - sum(times) - start)
+        equal, text = compare(outputs, reference)
+        if args.synth and has_synth_tool and equal:
+            synth_line = synthesize(hls_model, args.output_dir, args.backend)
+    print("hls4ml_project: {} ({}, {}) written in {:.2f} s, C simulation built in {:.1f} s, "
+          "{} rows run in {:.2f} s".format(args.output_dir, args.backend, args.part, times[0], times[1],
+                                           len(features), times[2]))
+    if args.save_outputs:
+        save_npy(args.save_outputs, outputs)
+    print("hls4ml_project {}: {}".format(os.path.basename(args.xmodel), text))
+    if not equal:
+        return EXIT_MISMATCH
+    if synth_line:
+        print("hls4ml_project: {} synthesis: {}".format(args.backend, synth_line))
+    elif args.synth:
+        print("hls4ml_project: --synth needs {} ({}) on PATH; the C simulation ran".format(
+            "Vitis HLS" if args.backend == "Vitis" else "Vivado HLS", SYNTH_TOOLS[args.backend]), file=sys.stderr)
+        return EXIT_NO_HLS_TOOL
+    return 0
+
+
+if __name__ == "__main__":
+    cli(main)

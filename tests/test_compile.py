@@ -125,14 +125,15 @@ def test_good_run(project):
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stderr == ""
     findings = finding_lines(run.stdout)
-    assert [line.split(":")[0] for line in findings] == ["ok"] * 6, run.stdout
+    assert [line.split(":")[0] for line in findings] == ["ok"] * 7, run.stdout
     assert "parses: 3 layers (2 -> 6 -> 4 -> 1), batch 4, ops data/const/fix/matmul/relu" in findings[0]
     assert findings[1] == "ok: shifts in the DPU ranges: l1 cut 7 bias 6, l2 cut 7 bias 5, l3 cut 6 bias 4"
     assert findings[2] == "ok: arch {} (target DPUCADF8H)".format(args[1])
     assert findings[3] == "ok: batch 4, the batch DPUCADF8H's compiler takes"
-    assert findings[4] == "ok: integer reference on data/test.npy: 1000 rows, MSE 1.862041e-04"
-    assert findings[5].startswith("ok: deploy check: all 22 tensors")
-    assert findings[5].endswith("match the integer reference on rows 0 to 3")
+    assert findings[4] == "ok: activations relu: DPUCADF8H's engines have them"
+    assert findings[5] == "ok: integer reference on data/test.npy: 1000 rows, MSE 1.862041e-04"
+    assert findings[6].startswith("ok: deploy check: all 22 tensors")
+    assert findings[6].endswith("match the integer reference on rows 0 to 3")
     assert (project / "argv.txt").read_text().splitlines() == [
         "-x", str(args[0]), "-a", str(args[1]), "-n", "NET", "-o", str(args[3])]
     assert "compiling NET" in run.stdout            # the compiler's output is shown...

@@ -244,7 +244,7 @@ def test_no_compiler_runs_the_checks_with_the_defaults(project):
                  "conda activate vitis-ai-pytorch")
     assert run.stderr.startswith("compile.sh: vai_c_xir not found") and "error" not in run.stderr
     findings = finding_lines(run.stdout)
-    assert [line.split(":")[0] for line in findings] == ["ok", "ok", "skip", "ok", "ok", "ok"], run.stdout
+    assert [line.split(":")[0] for line in findings] == ["ok", "ok", "skip", "ok", "ok", "ok", "ok"], run.stdout
     assert "quantize_result/FFN_int.xmodel parses" in findings[0]
     assert findings[2].startswith("skip: arch DPUCADF8H: /opt/vitis_ai/compiler/arch is not on this machine")
     assert not (project / "compile_output").exists()

@@ -18,6 +18,7 @@ import os
 
 import torch
 from catalyst import dl
+from catalyst.utils import set_global_seed
 
 from checked_io import InputError, atomic_path
 from losses import MSE, predict, regression_metrics
@@ -96,6 +97,7 @@ def train(model, train_loader, valid_loader, lr=1e-3, n_epochs=1, seed=42, log_d
 
     `model` itself ends with the last epoch's weights; load `best.state_dict` to use the best.
     """
+    set_global_seed(seed)   # Catalyst's global seed: the same random, numpy and torch seeds as set_seed
     runner = FFNRunner(torch.optim.Adam(model.parameters(), lr=lr))
     # The logs are written to a temporary folder that replaces log_dir at the end,
     # so an interrupted training leaves the earlier logs with the earlier checkpoint.

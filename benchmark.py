@@ -20,6 +20,10 @@ import sys
 import tempfile
 import time
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+
 import torch
 
 import generate_data

@@ -6,6 +6,10 @@ Rows are float64 (features..., target), split 75% / 5% / 20%.
 """
 import os
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+
 import numpy as np
 
 from checked_io import ArgumentParser, InputError, cli, positive_int, save_npy, seed

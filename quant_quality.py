@@ -12,6 +12,10 @@ import os
 import tempfile
 import time
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+
 import torch
 
 from checked_io import ArgumentParser, InputError, atomic_path, check_output_dir, cli, positive_int

@@ -8,6 +8,10 @@
 """
 import os
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+
 from checked_io import (ArgumentParser, InputError, check_output_dir, cli, positive_float, positive_int, seed,
                         torch_save)
 from model import FFN

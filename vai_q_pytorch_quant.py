@@ -13,6 +13,10 @@ Options --nndct_* (e.g. --nndct_param_corr False) go to the quantizer.
 """
 import os
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+
 import torch
 
 from checked_io import (ArgumentParser, InputError, check_output_dir, cli, npy_path, positive_int, save_npy, seed,

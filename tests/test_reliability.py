@@ -22,6 +22,7 @@ import json
 import os
 import pathlib
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -199,7 +200,7 @@ def test_rerun_over_earlier_outputs_leaves_no_stale_file(flow):
 # ---------------------------------------------------------------- interruption of real runs
 
 def sigterm_handled(pid):
-    """True once checked_io.cli has installed its SIGTERM handler (main is running)."""
+    """True once the script's first line has installed its SIGTERM handler."""
     with open("/proc/{}/status".format(pid)) as f:
         caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
     return bool(caught >> (signal.SIGTERM - 1) & 1)
@@ -211,11 +212,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
 
 
+def startup_cpu_seconds(script):
+    """CPU seconds a script spends before its main: a --help run ends right after its imports."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, os.path.join(REPO, script), "--help"], stdout=subprocess.DEVNULL, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
 class InMain:
-    """Ready once main() has run for `cpu` seconds of CPU time: past the setup, into the work."""
+    """Ready once main() has run for `cpu` seconds of CPU time: past the imports and the
+    setup, into the work."""
 
     def __init__(self, cpu=0.7):
-        self.cpu, self.start = cpu, None
+        self.cpu, self.start = startup_cpu_seconds(QUANT) + cpu, None
 
     def __call__(self, proc, work):
         if self.start is None:

@@ -83,8 +83,8 @@ def main():
         metrics = evaluate(model, eval_loader)
         print("mse: {:.6e}".format(metrics["mse"]))
         print("r^2: {:.8f}".format(metrics["r^2"]))
-        summary.append("{}: mse {:.4g}, r^2 {:.6f}".format(
-            os.path.join(args.data_dir, args.eval_data), metrics["mse"], metrics["r^2"]))
+        summary.append("evaluated on {} ({} rows)".format(os.path.join(args.data_dir, args.eval_data),
+                                                         len(eval_loader.dataset)))
     print("; ".join(summary))
 
 

@@ -53,11 +53,13 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def nndct_options(argv):
-    """{name: value}: the supported options parsed, with their defaults (so that
-    giving a default or not is the same); any other, for the real quantizer, as given."""
+def nndct_options(argv, defaults=True):
+    """{name: value}: the supported options parsed (with their defaults, so that giving
+    a default or not is the same); any other, for the real quantizer, as given."""
     pairs = split_nndct_args(argv)[0]
     options = parse_nndct_options([word for flag, value in pairs if flag[2:] in SUPPORTED for word in (flag, value)])
+    if not defaults:
+        options = {name: value for name, value in options.items() if "--" + name in dict(pairs)}
     options.update((flag[2:], value) for flag, value in pairs if flag[2:] not in SUPPORTED)
     return options
 
@@ -75,10 +77,14 @@ def of_run(args, dataset, argv, backend):
         "rows": len(dataset),
         "batch_size": args.batch_size,
         "subset_len": args.subset_len,
-        "nndct_options": nndct_options(sys.argv[1:] if argv is None else argv),
+        "nndct_options": nndct_options(_words(argv)),
         "fast_finetune": args.fast_finetune,
         "backend": backend,
     }
+
+
+def _words(argv):
+    return sys.argv[1:] if argv is None else argv
 
 
 def write(output_dir, record):
@@ -126,15 +132,19 @@ def note_calibration(record):
              "calibrate with --batch_size {}".format(record["batch_size"], GOOD_BATCH, GOOD_BATCH))
 
 
-def check(output_dir, current):
+def check(args, dataset, argv, backend):
     """Test mode and --deploy: refuse a calibration of another network (InputError,
-    one line: what differs and the command that recalibrates); note other rows."""
+    one line: what differs and the command that recalibrates); note other rows.
+    The --nndct_* options count where this run gives them: without any, test mode
+    runs what was calibrated, as with the real quantizer (whose options act in calib)."""
+    output_dir, current = args.output_dir, of_run(args, dataset, argv, backend)
     recorded = read(output_dir)
     if recorded is None:
         if os.path.isfile(os.path.join(output_dir, QUANT_INFO)):   # else the quantizer says what is missing
             note("{}: no {}, so it cannot be checked that it was calibrated on {} (a folder of another release or "
                  "of the real quantizer?)".format(output_dir, RECORD, current["checkpoint"]))
         return
+    current["nndct_options"] = dict(recorded["nndct_options"], **nndct_options(_words(argv), defaults=False))
     differences = [_difference(key, recorded, current) for key, (_, network) in FIELDS.items()
                    if network and recorded[key] != current[key]]
     if differences:
@@ -155,8 +165,10 @@ def _difference(key, recorded, current):
     if key == "fast_finetune":
         return "calibrated {} --fast_finetune, this run is {} it".format(
             *(("with", "without") if recorded[key] else ("without", "with")))
-    return "calibrated with {}, this run has {}".format(_option_words(recorded[key]) or "no --nndct_* options",
-                                                        _option_words(current[key]) or "none")
+    changed = sorted(name for name in current[key] if current[key][name] != recorded[key].get(name))
+    return "calibrated with {}, this run gives {}".format(
+        " ".join("--{} {}".format(name, recorded[key].get(name, "(not given)")) for name in changed),
+        " ".join("--{} {}".format(name, current[key][name]) for name in changed))
 
 
 def _option_words(options):

@@ -155,7 +155,7 @@ def main(argv=None):
         calibration_record.note_calibration(record)
         return 0
 
-    calibration_record.check(args.output_dir, calibration_record.of_run(args, loader.dataset, argv, backend))
+    calibration_record.check(args, loader.dataset, argv, backend)
 
     if args.evaluate or args.save_outputs or not args.deploy:
         trace_input = torch.randn(args.batch_size, args.input_size)

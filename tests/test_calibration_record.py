@@ -100,10 +100,15 @@ def test_another_input_size_is_refused(work):
 
 
 def test_other_quantizer_options_are_refused(work):
+    assert_refused(work, TEST + ("--nndct_param_corr", "False"),
+                   "calibrated with --nndct_param_corr True, this run gives --nndct_param_corr False",
+                   "--output_dir quantize_result --nndct_param_corr False")
     assert quant(work, *CALIB, "--nndct_param_corr", "False").returncode == 0
-    assert_refused(work, TEST, "calibrated with --nndct_param_corr False, this run has none")
-    result = quant(work, *TEST, "--nndct_param_corr", "0")
-    assert result.returncode == 0, result.stderr
+    assert_refused(work, TEST + ("--nndct_param_corr", "yes"),
+                   "calibrated with --nndct_param_corr False, this run gives --nndct_param_corr True")
+    for same in (("--nndct_param_corr", "0"), ()):   # the same options, or none: what was calibrated
+        result = quant(work, *(TEST + same))
+        assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
 def test_fast_finetune_must_match(work):

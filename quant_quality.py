@@ -111,7 +111,7 @@ def save_plot(path, rows):
 
 
 def main():
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))   # the first paragraph
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--calib_data", default="test.npy")
     parser.add_argument("--heldout_data", default="valid.npy")

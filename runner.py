@@ -24,7 +24,7 @@ from catalyst import dl
 from catalyst.utils import set_global_seed
 
 from checked_io import InputError, atomic_path
-from losses import MSE, predict, regression_metrics
+from losses import MSE, evaluate, regression_metrics  # noqa: F401 - evaluate, for callers of runner
 
 # What `train` returns: the weights of the best epoch, its number and validation loss.
 Best = collections.namedtuple("Best", ["state_dict", "epoch", "valid_loss"])
@@ -148,9 +148,3 @@ def _run(runner, model, train_loader, valid_loader, log_dir, hparams, seed, n_ep
         num_epochs=n_epochs,
         verbose=verbose,
     )
-
-
-def evaluate(model, loader):
-    """{'mse': ..., 'r^2': ...} of `model` over every row of `loader`."""
-    model.eval()
-    return regression_metrics(*predict(model, loader))

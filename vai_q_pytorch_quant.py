@@ -3,7 +3,8 @@
   float  evaluate the float model on --calib_data
   calib  run the quantizer's calibration over the first --subset_len rows of
          --calib_data in batches of --batch_size; write quant_info.json (and
-         bias_corr.pth) to --output_dir
+         bias_corr.pth) to --output_dir, with calibration.json: what was
+         calibrated, which test mode checks (calibration_record.py)
   test   load them and run the quantized model; --evaluate compares it with the
          float model, --deploy exports the xmodel and the deploy-check data
 

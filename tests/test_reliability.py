@@ -108,11 +108,11 @@ def temporaries(folder):
             for name in dirs + files if name.startswith(".tmp-")]
 
 
-def assert_outputs_load(work):
+def assert_outputs_load(work, result_finetuned=False):
     """The checkpoint and both quantizer folders of a flow workspace read with the project's readers."""
     chain = trace_chain(FFN(2))
     load_from_state_dict(FFN(2), str(work / "checkpoints" / "ffn_state_dict.pth"))
-    for folder, finetuned in (("quantize_result", False), ("quantize_ft", True)):
+    for folder, finetuned in (("quantize_result", result_finetuned), ("quantize_ft", True)):
         out = str(work / folder)
         positions, bias_corrected, fast_finetuned = read_quant_info(out, chain)
         assert (bias_corrected, fast_finetuned) == (True, finetuned)
@@ -450,7 +450,9 @@ def test_interrupt_inside_each_write_of_a_stage_leaves_that_file(flow, tmp_path,
     assert writes[-1][1] != old     # the stopped write would have changed the file
     assert current(target) == old
     assert temporaries(work) == []
-    assert_outputs_load(work)
+    # The record is written last, after quant_info.json: stopped there, quant_info.json
+    # is already the new (finetuned) one.
+    assert_outputs_load(work, result_finetuned=names[n - 1] == "calibration.json")
 
 
 # ---------------------------------------------------------------- damaged files

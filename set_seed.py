@@ -11,10 +11,10 @@ import torch
 DEVICE = torch.device("cpu")
 
 # One intra-op thread: the tensors of this model are so small that splitting an
-# operation costs more than it saves, and on a machine whose cores are busy a
-# second thread waits for a core at every operation (benchmark.py: a calibration
-# of 40000 rows takes 10 to 30x as long on 2 threads as on 1 while another process
-# runs, and 2 threads are no faster on an idle machine). Set on import, so it holds
+# operation saves nothing, and where the cores are busy a second thread waits for
+# one at every operation (benchmark.py on a shared 2-core machine: a calibration of
+# 20000 rows of FFN(64) took 14x as long on 2 threads as on 1, 21x beside one more
+# busy process; the training loop was no faster on 2). Set on import, so it holds
 # for every stage and every module that imports DEVICE from here.
 THREADS = 1
 torch.set_num_threads(THREADS)

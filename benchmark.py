@@ -9,6 +9,14 @@ selection, so the ratio of the two times is Catalyst's overhead. The
 quantizer rows time the built-in quantizer's own work (building it on the
 model, the forwards, the export) apart from the whole command, whose rest is
 start-up: Python, torch and the project's imports, and loading the model.
+
+Start-up: every stage that does not train, on a few rows, beside a bare
+`python -c "import torch"`, the commands taking turns for --rounds rounds (the
+fastest of each counts, so that another process's load shifts all alike); the
+goal is at most 1.3x. Threads: a calibration (FFN(64), --thread_rows rows) and a
+few epochs of the plain training loop on one thread and on one per core, on the
+machine as it is and while one busy process runs beside them: the reason for
+set_seed.THREADS.
 """
 import collections
 import contextlib
@@ -20,6 +28,10 @@ import sys
 import tempfile
 import time
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+
 import torch
 
 import generate_data
@@ -28,10 +40,11 @@ from losses import MSE
 from model import FFN
 from preprocessors import make_dataloader
 from runner import evaluate, train
-from set_seed import DEVICE, set_seed
+from set_seed import DEVICE, THREADS, set_seed
 from vaiq.quantizer import torch_quantizer
 
 MAX_OVERHEAD = 2.0  # Catalyst training time / plain loop time that is still acceptable
+MAX_STARTUP = 1.3   # a stage's start-up / a bare `import torch` that is still acceptable
 
 Row = collections.namedtuple("Row", ["stage", "seconds", "note"])
 
@@ -68,8 +81,8 @@ def stage_train_catalyst(args, data_dir, log_dir):
     set_seed(args.seed)
     model = FFN(args.input_size).to(DEVICE)
     train_loader, valid_loader = loaders(args, data_dir)
-    # The console lines and progress bars are produced (their cost is part of the
-    # stage) but not shown, so that the table stays readable.
+    # The console lines are produced (their cost is part of the stage) but not shown,
+    # so that the table stays readable; not on a terminal, there are no progress bars.
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         best = train(model, train_loader, valid_loader, args.lr, args.n_epochs, args.seed, log_dir)
     return best, "best epoch {}, valid mse {:.3g}".format(best.epoch, best.valid_loss)
@@ -128,6 +141,119 @@ def stage_command(mode, work_dir, batch_size, input_size):
     return None, "python vai_q_pytorch_quant.py --quant_mode {}".format(mode)
 
 
+def startup_commands(work_dir, input_size):
+    """(name, command) of every stage that does not train, each on a few rows, after
+    `import torch` alone; run in work_dir, whose data/ and checkpoints/ the stages wrote."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    quant = [os.path.join(here, "vai_q_pytorch_quant.py"), "--subset_len", "10", "--batch_size", "10",
+             "--input_size", str(input_size), "--backend", "builtin", "--output_dir", "startup_q"]
+    return [
+        ("import torch", ["-c", "import torch"]),
+        ("generate_data.py", [os.path.join(here, "generate_data.py"), "--n_samples", "20", "--output_dir",
+                              "startup_data", "--input_size", str(input_size)]),
+        ("run.py --evaluate", [os.path.join(here, "run.py"), "--evaluate", "--input_size", str(input_size),
+                               "--model_name", os.path.join("checkpoints", "ffn_state_dict.pth"), "--eval_data",
+                               "valid.npy"]),
+        ("quant float", quant + ["--quant_mode", "float"]),
+        ("quant calib", quant + ["--quant_mode", "calib"]),
+        ("quant test", quant + ["--quant_mode", "test", "--evaluate"]),
+        ("quant deploy", quant + ["--quant_mode", "test", "--deploy"]),
+        ("simulate.py", [os.path.join(here, "simulate.py"), os.path.join("startup_q", "FFN_int.xmodel"), "--data",
+                         os.path.join("data", "valid.npy")]),
+    ]
+
+
+def measure_startup(work_dir, input_size, rounds):
+    """{name: fastest wall time} of the start-up commands, taking turns round by round."""
+    times = collections.defaultdict(list)
+    for _ in range(rounds):
+        for name, command in startup_commands(work_dir, input_size):
+            start = time.perf_counter()
+            subprocess.run([sys.executable] + command, cwd=work_dir, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+def print_startup(times, rounds):
+    torch_time = times["import torch"]
+    print("start-up, fastest of {} rounds taking turns (goal: at most {:.1f}x a bare import torch):".format(
+        rounds, MAX_STARTUP))
+    for name, seconds in times.items():
+        ratio = seconds / torch_time
+        verdict = "" if name == "import torch" else ("ok" if ratio <= MAX_STARTUP else "over")
+        print("  {:<18} {:>7.3f} s  {:>5.2f}x  {}".format(name, seconds, ratio, verdict))
+
+
+def calibrate_random_ffn(rows, input_size=64, batch_size=64, seed=0):
+    """The quantizer's calibration of an untrained FFN(input_size) on random rows:
+    a bigger, still tiny, version of this project's work."""
+    generator = torch.Generator().manual_seed(seed)
+    model = FFN(input_size).eval()
+    x = torch.randn(rows, input_size, generator=generator)
+    with tempfile.TemporaryDirectory() as output_dir:
+        quantizer = torch_quantizer("calib", model, (x[:batch_size],), output_dir=output_dir)
+        with torch.no_grad():
+            for first in range(0, rows, batch_size):
+                quantizer.quant_model(x[first:first + batch_size])
+        quantizer.export_quant_config()
+
+
+@contextlib.contextmanager
+def busy_process():
+    """Another process keeping one core busy while the block runs."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)   # running before the measurement starts
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def measure_threads(args, data_dir):
+    """[(threads, machine, calibration seconds, training seconds)] for 1 thread and one
+    per core, on the machine as it is ('as is') and beside a busy process ('loaded')."""
+    counts = sorted({1, os.cpu_count() or 1})
+    epochs = argparse_namespace(args, n_epochs=args.thread_epochs)
+    results = []
+    for machine in ("as is", "loaded"):
+        with busy_process() if machine == "loaded" else contextlib.nullcontext():
+            for threads in counts:
+                torch.set_num_threads(threads)
+                try:
+                    start = time.perf_counter()
+                    calibrate_random_ffn(args.thread_rows)
+                    calib = time.perf_counter() - start
+                    start = time.perf_counter()
+                    stage_train_plain(epochs, data_dir)
+                    results.append((threads, machine, calib, time.perf_counter() - start))
+                finally:
+                    torch.set_num_threads(THREADS)
+    return results
+
+
+def argparse_namespace(args, **changes):
+    new = copy.copy(args)
+    for key, value in changes.items():
+        setattr(new, key, value)
+    return new
+
+
+def print_threads(results, rows, epochs):
+    print("torch threads: calibration of FFN(64) on {} rows, plain training of {} epochs "
+          "(set_seed.THREADS = {}):".format(rows, epochs, THREADS))
+    print("  {:>7}  {:<7} {:>10} {:>10}".format("threads", "machine", "calib s", "train s"))
+    for threads, machine, calib, train_seconds in results:
+        print("  {:>7}  {:<7} {:>10.3f} {:>10.3f}".format(threads, machine, calib, train_seconds))
+    for machine in ("as is", "loaded"):
+        rows_of = {threads: (calib, t) for threads, m, calib, t in results if m == machine}
+        if len(rows_of) > 1:
+            one, most = rows_of[min(rows_of)], rows_of[max(rows_of)]
+            print("  {}: {} threads take {:.1f}x (calib) and {:.1f}x (train) the time of 1".format(
+                machine, max(rows_of), most[0] / one[0], most[1] / one[1]))
+
+
 def same_weights(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -143,6 +269,9 @@ def main():
     parser.add_argument("--n_epochs", type=positive_int, default=32)
     parser.add_argument("--seed", type=seed, default=42)
     parser.add_argument("--work_dir", help="keep the outputs here instead of a temporary folder")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds of the start-up commands")
+    parser.add_argument("--thread_rows", type=positive_int, default=20000, help="rows of the thread measurement")
+    parser.add_argument("--thread_epochs", type=positive_int, default=4, help="epochs of the thread measurement")
     args = parser.parse_args()
 
     # The first set_seed imports part of torch (deterministic-algorithm checks);
@@ -163,6 +292,8 @@ def main():
             timed(rows, mode + ", quantizer's work", stage_quantizer, mode, model, data_dir, args.batch_size,
                   os.path.join(work_dir, "quantize_result"))
             timed(rows, mode + ", whole command", stage_command, mode, work_dir, args.batch_size, args.input_size)
+        startup = measure_startup(work_dir, args.input_size, args.rounds)
+        threads = measure_threads(args, data_dir)
     finally:
         if not args.work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -177,6 +308,8 @@ def main():
         work = times[mode + ", quantizer's work"]
         print("{}: the quantizer's own work {:.3f} s, start-up {:.3f} s".format(
             mode, work, times[mode + ", whole command"] - work))
+    print_startup(startup, args.rounds)
+    print_threads(threads, args.thread_rows, args.thread_epochs)
 
 
 if __name__ == "__main__":

@@ -18,22 +18,19 @@ import zipfile
 
 import numpy as np
 
+from interruption import EXIT_INTERRUPTED, interrupted_message, raise_on_interrupt
+
 
 class InputError(Exception):
     """A problem with the user's files or flags; the message names the file."""
 
 
 EXIT_INPUT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def cli(main):
     """Run `main()` as a command: InputError and interruption end it cleanly."""
-
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    raise_on_interrupt()
     prog = os.path.basename(sys.argv[0])
     try:
         code = main()
@@ -41,7 +38,7 @@ def cli(main):
         print("{}: error: {}".format(prog, e), file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
     except KeyboardInterrupt:
-        print("{}: interrupted; earlier outputs are left as they were".format(prog), file=sys.stderr)
+        print(interrupted_message(), file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(code or 0)
 

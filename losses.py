@@ -28,3 +28,9 @@ def predict(model, loader, desc=None):
             outputs.append(model(batch["features"]))
             targets.append(batch["targets"])
     return torch.cat(outputs), torch.cat(targets)
+
+
+def evaluate(model, loader):
+    """{'mse': ..., 'r^2': ...} of `model` over every row of `loader`."""
+    model.eval()
+    return regression_metrics(*predict(model, loader))

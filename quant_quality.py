@@ -12,6 +12,10 @@ import os
 import tempfile
 import time
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+
 import torch
 
 from checked_io import ArgumentParser, InputError, atomic_path, check_output_dir, cli, positive_int
@@ -129,7 +133,7 @@ def save_plot(path, rows):
 
 
 def main():
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))   # the first paragraph
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--calib_data", default="test.npy")
     parser.add_argument("--heldout_data", default="valid.npy")

@@ -8,8 +8,13 @@
 """
 import os
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+
 from checked_io import (ArgumentParser, InputError, check_output_dir, cli, positive_float, positive_int, seed,
                         torch_save)
+from losses import evaluate
 from model import FFN
 from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
 from set_seed import DEVICE, set_seed
@@ -64,11 +69,11 @@ def main():
             raise InputError("{}: is a folder, cannot write the checkpoint there".format(checkpoint))
         check_output_dir(args.checkpoint_dir)
         check_output_dir(args.log_dir, own_files=LOG_FILES)
-    # Imported only now: Catalyst takes a second or two to import, bad input fails without it.
-    from runner import evaluate, train
-
     summary = []
     if args.train:
+        # Imported only to train: Catalyst takes a second or two to import, bad input fails without it.
+        from runner import train
+
         hparams = {k: getattr(args, k) for k in ("input_size", "batch_size", "lr", "n_epochs", "seed")}
         best = train(model, train_loader, valid_loader, args.lr, args.n_epochs, args.seed, args.log_dir, hparams)
         model.load_state_dict(best.state_dict)
@@ -79,8 +84,8 @@ def main():
         metrics = evaluate(model, eval_loader)
         print("mse: {:.6e}".format(metrics["mse"]))
         print("r^2: {:.8f}".format(metrics["r^2"]))
-        summary.append("{}: mse {:.4g}, r^2 {:.6f}".format(
-            os.path.join(args.data_dir, args.eval_data), metrics["mse"], metrics["r^2"]))
+        summary.append("evaluated on {} ({} rows)".format(os.path.join(args.data_dir, args.eval_data),
+                                                         len(eval_loader.dataset)))
     print("; ".join(summary))
 
 

@@ -3,7 +3,8 @@
   float  evaluate the float model on --calib_data
   calib  run the quantizer's calibration over the first --subset_len rows of
          --calib_data in batches of --batch_size; write quant_info.json (and
-         bias_corr.pth) to --output_dir
+         bias_corr.pth) to --output_dir, with calibration.json: what was
+         calibrated, which test mode checks (calibration_record.py)
   test   load them and run the quantized model; --evaluate compares it with the
          float model, --deploy exports the xmodel and the deploy-check data
 
@@ -13,8 +14,13 @@ Options --nndct_* (e.g. --nndct_param_corr False) go to the quantizer.
 """
 import os
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+
 import torch
 
+import calibration_record
 from checked_io import (ArgumentParser, InputError, check_output_dir, cli, npy_path, positive_int, save_npy, seed,
                         uninterrupted)
 from losses import predict, regression_metrics
@@ -76,9 +82,22 @@ def save_outputs(path, outputs):
         save_npy(path, outputs.numpy().astype("float32").reshape(-1, 1))
 
 
-def loss_on(model, loader):
-    """The run function vai_q_pytorch's fast_finetune calls: the model's MSE on the loader."""
-    return regression_metrics(*predict(model, loader, "loss"))["mse"]
+def loss_on(model, loader, seen=None):
+    """The run function vai_q_pytorch's fast_finetune calls: the model's MSE on the
+    loader; its outputs are appended to the list `seen`."""
+    outputs, targets = predict(model, loader, "loss")
+    if seen is not None:
+        seen.append(outputs)
+    return regression_metrics(outputs, targets)["mse"]
+
+
+def print_finetune_losses(seen, float_outputs, targets):
+    """Fast finetune brings the quantized outputs nearer the float model's, not the
+    targets: both MSEs, from the run function's first call (before) and last (after)."""
+    def before_after(reference):
+        return [regression_metrics(seen[i], reference)["mse"] for i in (0, -1)]
+    print("fast finetune: MSE vs float outputs {:.6e} -> {:.6e}; vs targets {:.6e} -> {:.6e}".format(
+        *before_after(float_outputs), *before_after(targets)))
 
 
 def print_metrics(columns):
@@ -132,13 +151,20 @@ def main(argv=None):
             print_metrics({"float": regression_metrics(predict(model, loader, "float")[0], targets),
                            "int8 (calib)": regression_metrics(calib_outputs, targets)})
         if args.fast_finetune:
-            quantizer.fast_finetune(loss_on, (quantizer.quant_model, loader))
+            seen = []
+            quantizer.fast_finetune(loss_on, (quantizer.quant_model, loader, seen))
+            print_finetune_losses(seen, predict(model, loader, "float")[0], targets)
+        record = calibration_record.of_run(args, loader.dataset, argv, backend)
         with uninterrupted():
             changes = quantizer.export_quant_config()
+            calibration_record.write(args.output_dir, record)
         for change in changes or []:
             print("legalized for the DPU: {}".format(change))
         print("calib ({}): {} in {} batches -> {}".format(backend, rows, len(loader), args.output_dir))
+        calibration_record.note_calibration(record)
         return 0
+
+    calibration_record.check(args, loader.dataset, argv, backend)
 
     if args.evaluate or args.save_outputs or not args.deploy:
         trace_input = torch.randn(args.batch_size, args.input_size)

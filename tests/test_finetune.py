@@ -106,5 +106,5 @@ def test_fast_finetune_is_deterministic(results):
 
 def test_test_mode_fast_finetune_needs_a_finetuned_calibration(results, monkeypatch):
     from checked_io import InputError
-    with pytest.raises(InputError, match="not fast-finetuned"):
+    with pytest.raises(InputError, match="calibrated without --fast_finetune, this run is with it"):
         run_quant(monkeypatch, CASE, results / "default", "--quant_mode", "test", "--fast_finetune", "--evaluate")

@@ -46,7 +46,9 @@ def replace_npy(work, name, array, **kwargs):
 # ---------------------------------------------------------------- generate_data.py
 
 @pytest.mark.parametrize("args, must_contain", [
-    (("--n_samples", 3), ("--n_samples 3", "too small")),
+    (("--n_samples", 3), ("--n_samples 3", "too small", "at least 20")),
+    (("--n_samples", 5), ("--n_samples 5", "too small", "at least 20")),   # would split 3/1/1
+    (("--n_samples", 19), ("--n_samples 19", "too small", "at least 20")),
     (("--n_samples", 0), ("--n_samples", "positive")),
     (("--n_samples", "many"), ("--n_samples", "not an integer")),
     (("--input_size", -2), ("--input_size", "positive")),

@@ -70,3 +70,8 @@ def test_same_seed_same_bytes_other_seed_other_rows(tmp_path):
 def test_committed_data_is_the_makefile_recipe(tmp_path):
     generate(tmp_path, "--n_samples", 10000, "--seed", 42)
     assert read_bytes(os.path.join(REPO, "data")) == read_bytes(tmp_path)
+
+
+def test_the_smallest_count_splits_into_every_file(tmp_path):
+    parts = generate(tmp_path, "--n_samples", 20)
+    assert [len(parts[name]) for name in SPLITS] == [15, 1, 4]

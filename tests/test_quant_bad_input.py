@@ -102,7 +102,8 @@ def test_bias_corr_missing_while_quant_info_says_corrected(work):
 def test_bias_corr_of_another_model(work):
     shutil.copy(os.path.join(P3, "expected", "quantize_result", "bias_corr.pth"),
                 str(work / "quantize_result" / "bias_corr.pth"))
-    assert_refused(work, TEST, "bias_corr.pth", "FFN::nndct_dense_1", "has 12 values, the layer has 6")
+    assert_refused(work, TEST, "bias_corr.pth", "FFN::nndct_dense_1", "has 12 values, the layer has 6",
+                   "run --quant_mode calib again")
 
 
 def test_bias_corr_that_is_not_a_torch_file(work):

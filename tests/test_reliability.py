@@ -22,6 +22,7 @@ import json
 import os
 import pathlib
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -107,11 +108,11 @@ def temporaries(folder):
             for name in dirs + files if name.startswith(".tmp-")]
 
 
-def assert_outputs_load(work):
+def assert_outputs_load(work, result_finetuned=False):
     """The checkpoint and both quantizer folders of a flow workspace read with the project's readers."""
     chain = trace_chain(FFN(2))
     load_from_state_dict(FFN(2), str(work / "checkpoints" / "ffn_state_dict.pth"))
-    for folder, finetuned in (("quantize_result", False), ("quantize_ft", True)):
+    for folder, finetuned in (("quantize_result", result_finetuned), ("quantize_ft", True)):
         out = str(work / folder)
         positions, bias_corrected, fast_finetuned = read_quant_info(out, chain)
         assert (bias_corrected, fast_finetuned) == (True, finetuned)
@@ -149,8 +150,9 @@ DEPLOY_CHECK = "quantize_result/deploy_check_data_int/FFN/"
 OUTPUTS = {
     "generate_data": ["data/test.npy", "data/train.npy", "data/valid.npy"],
     "train": ["checkpoints/ffn_state_dict.pth", "logs/hparams.json", "logs/train.csv", "logs/valid.csv"],
-    "calib": ["quantize_result/bias_corr.pth", "quantize_result/quant_info.json"],
-    "fast_finetune": ["quantize_ft/bias_corr.pth", "quantize_ft/param.pth", "quantize_ft/quant_info.json"],
+    "calib": ["quantize_result/bias_corr.pth", "quantize_result/calibration.json", "quantize_result/quant_info.json"],
+    "fast_finetune": ["quantize_ft/bias_corr.pth", "quantize_ft/calibration.json", "quantize_ft/param.pth",
+                      "quantize_ft/quant_info.json"],
     "deploy": ["quantize_result/FFN_int.onnx", "quantize_result/FFN_int.pt", "quantize_result/FFN_int.xmodel"]
     + [DEPLOY_CHECK + name for name in os.listdir(os.path.join(GOLDEN_RESULT, "deploy_check_data_int", "FFN"))],
     "report": ["report/README.md", "report/errors.png", "report/loss.png", "report/predictions.png"],
@@ -199,7 +201,7 @@ def test_rerun_over_earlier_outputs_leaves_no_stale_file(flow):
 # ---------------------------------------------------------------- interruption of real runs
 
 def sigterm_handled(pid):
-    """True once checked_io.cli has installed its SIGTERM handler (main is running)."""
+    """True once the script's first line has installed its SIGTERM handler."""
     with open("/proc/{}/status".format(pid)) as f:
         caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
     return bool(caught >> (signal.SIGTERM - 1) & 1)
@@ -211,11 +213,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
 
 
+def startup_cpu_seconds(script):
+    """CPU seconds a script spends before its main: a --help run ends right after its imports."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, os.path.join(REPO, script), "--help"], stdout=subprocess.DEVNULL, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
 class InMain:
-    """Ready once main() has run for `cpu` seconds of CPU time: past the setup, into the work."""
+    """Ready once main() has run for `cpu` seconds of CPU time: past the imports and the
+    setup, into the work."""
 
     def __init__(self, cpu=0.7):
-        self.cpu, self.start = cpu, None
+        self.cpu, self.start = startup_cpu_seconds(QUANT) + cpu, None
 
     def __call__(self, proc, work):
         if self.start is None:
@@ -283,8 +294,9 @@ def interrupted(flow, tmp_path_factory):
 
 
 def message_lines(stderr):
-    """stderr without Catalyst's progress bars (run.py) or blank lines."""
-    return [line for line in stderr.splitlines() if line.strip() and "* Epoch (" not in line]
+    """stderr without Catalyst's progress bars (run.py), notes (the deploy evaluates other rows
+    than were calibrated) or blank lines."""
+    return [line for line in stderr.splitlines() if line.strip() and "* Epoch (" not in line and ": note: " not in line]
 
 
 @pytest.mark.parametrize("stage, name", CASES)
@@ -413,7 +425,7 @@ DEPLOYED = ["FFN_int.xmodel", "deploy_check_data_int", "FFN_int.pt", "FFN_int.on
 # the finetuned deploy into a folder holding the default deploy's files.
 WRITES = {
     "calib": ("quantize_result", ("--quant_mode", "calib", "--fast_finetune", "--subset_len", 20),
-              ["bias_corr.pth", "param.pth", "quant_info.json"]),
+              ["bias_corr.pth", "param.pth", "quant_info.json", "calibration.json"]),
     "deploy": ("quantize_ft", ("--quant_mode", "test", "--fast_finetune", "--deploy"), DEPLOYED),
 }
 
@@ -438,7 +450,9 @@ def test_interrupt_inside_each_write_of_a_stage_leaves_that_file(flow, tmp_path,
     assert writes[-1][1] != old     # the stopped write would have changed the file
     assert current(target) == old
     assert temporaries(work) == []
-    assert_outputs_load(work)
+    # The record is written last, after quant_info.json: stopped there, quant_info.json
+    # is already the new (finetuned) one.
+    assert_outputs_load(work, result_finetuned=names[n - 1] == "calibration.json")
 
 
 # ---------------------------------------------------------------- damaged files

@@ -131,3 +131,24 @@ def test_evaluate_prints_mse_and_r2(tmp_path):
     assert lines[1].startswith("r^2: ") and float(lines[1].split()[1]) > 0.9999
     assert "test.npy" in lines[-1]
     assert os.listdir(str(tmp_path)) == []  # evaluating writes nothing
+
+
+def test_training_into_a_pipe_prints_one_line_per_epoch(two_runs):
+    work, results = two_runs
+    lines = results[0].stdout.splitlines()
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert len(epoch_lines) == N_EPOCHS
+    valid = read_log(work / "logs" / "valid.csv")
+    first = epoch_lines[0].split(": ", 1)[1]   # "train loss A, valid loss B; best epoch 1 (B)"
+    assert float(first.split("valid loss ")[1].split(";")[0]) == pytest.approx(float(valid[0]["loss"]), rel=1e-6)
+    assert epoch_lines[-1].startswith("epoch {0}/{0}: ".format(N_EPOCHS))
+    assert "best epoch 6 " in epoch_lines[-1]
+    assert results[0].stderr == ""   # no progress bars
+    assert len(results[0].stdout) < 100 * (N_EPOCHS + 4)
+
+
+def test_evaluate_prints_the_metrics_once(two_runs):
+    _, results = two_runs
+    printed = results[0].stdout
+    assert printed.count("mse") == 2   # the "mse:" line, and the training's "lowest valid mse"
+    assert printed.count("r^2") == 1

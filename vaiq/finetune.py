@@ -34,16 +34,8 @@ def fast_finetune(chain, positions, float_params, start_params, x_float, steps=S
 
     float_params: the float model's parameters, which give the target outputs;
     start_params: where finetuning starts (the calibrated, bias-corrected ones);
-    x_float: the calibration inputs, all rows."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # tensors this small run several times faster on one thread
-    try:
-        return _finetune(chain, positions, float_params, start_params, x_float, steps, lr)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _finetune(chain, positions, float_params, start_params, x_float, steps, lr):
+    x_float: the calibration inputs, all rows.
+    (One torch thread, as every stage sets in set_seed.py, runs it several times faster.)"""
     with torch.no_grad():
         target = float_network(x_float, float_params, chain)
     params = [(w.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True))

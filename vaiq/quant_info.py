@@ -173,16 +173,16 @@ def read_bias_corr(output_dir, chain):
             path, QUANT_INFO))
     corr = load_torch_file(path, "bias correction file")
     if not isinstance(corr, dict):
-        raise QuantInfoError("{}: expected a dict of per-layer corrections".format(path))
+        raise QuantInfoError("{}: expected a dict of per-layer corrections; run --quant_mode calib again".format(path))
     linears = [layer for layer in chain.layers if layer.kind == "dense"]
     corr = _match(path, "bias correction", corr, [layer.node for layer in linears], by_position=True)
     for layer in linears:
         values = corr[layer.node]
         if not isinstance(values, (list, tuple)) or not all(isinstance(v, float) for v in values):
-            raise QuantInfoError("{}: {} is not a list of floats".format(path, layer.node))
+            raise QuantInfoError("{}: {} is not a list of floats; run --quant_mode calib again".format(path, layer.node))
         if not all(math.isfinite(v) for v in values):
-            raise QuantInfoError("{}: {} holds NaN or Inf".format(path, layer.node))
+            raise QuantInfoError("{}: {} holds NaN or Inf; run --quant_mode calib again".format(path, layer.node))
         if len(values) != layer.out_features:
-            raise QuantInfoError("{}: {} has {} values, the layer has {} outputs".format(
-                path, layer.node, len(values), layer.out_features))
+            raise QuantInfoError("{}: {} has {} values, the layer has {} outputs (a file of another model?); run "
+                                 "--quant_mode calib again".format(path, layer.node, len(values), layer.out_features))
     return corr

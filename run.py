@@ -6,7 +6,9 @@
   python run.py --data_dir data --evaluate --model_name checkpoints/ffn_state_dict.pth
       prints the mse and r^2 on <data_dir>/<eval_data>
 """
+import copy
 import os
+import sys
 
 from interruption import exit_on_interrupt
 
@@ -47,6 +49,16 @@ def parse_args():
     return args
 
 
+def warn_if_not_quantizable(model):
+    """Say before the first epoch, not after the last, when model.py's FFN holds a layer the
+    built-in quantizer cannot take (and what vai_q_pytorch would do with it)."""
+    from vaiq.trace import check_model
+
+    problem = check_model(copy.deepcopy(model).eval())   # traced as the quantizer will see it
+    if problem:
+        print("{}: warning: model.py: {}".format(os.path.basename(sys.argv[0]), problem), file=sys.stderr)
+
+
 def main():
     args = parse_args()
 
@@ -69,6 +81,7 @@ def main():
             raise InputError("{}: is a folder, cannot write the checkpoint there".format(checkpoint))
         check_output_dir(args.checkpoint_dir)
         check_output_dir(args.log_dir, own_files=LOG_FILES)
+        warn_if_not_quantizable(model)
     summary = []
     if args.train:
         # Imported only to train: Catalyst takes a second or two to import, bad input fails without it.

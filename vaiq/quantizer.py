@@ -78,7 +78,7 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         model = self.quant_model
         model.use_test_params(model.float_params, bias_corr, copy.deepcopy(positions))
         model.capture = []
-        loss_before = run_fn(*run_args)
+        run_fn(*run_args)   # as vai_q_pytorch: the run function feeds the calibration inputs
         inputs, model.capture = model.capture, None
         if not inputs:
             raise InputError("fast_finetune: the run function ran no forward on quant_model")
@@ -87,8 +87,7 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         model.use_test_params(tuned)
         for problem in check_positions(self.chain, positions):   # finetuning keeps positions: a guard
             raise InputError("fast_finetune: positions left the DPU ranges ({})".format(problem))
-        loss_after = run_fn(*run_args)
-        # loss_before and loss_after are the run function's own measure; the script names and prints what it measures.
+        run_fn(*run_args)   # and runs once more with the finetuned parameters (the script reports both)
         self.ft_params = {layer.name: (w, b) for layer, (w, b) in zip(self.chain.layers, tuned)}
         self.calibration_result = result
 

@@ -13,14 +13,15 @@ from vaiq import dpu
 from vaiq.xmodel import graph_summary, read_graph, read_xmodel
 
 SHIPPED = os.path.join(REPO, "quantize_result")
-COMMON = ["--data_dir", os.path.join(REPO, "data"), "--checkpoint_dir", os.path.join(REPO, "checkpoints"),
-          "--batch_size", "64", "--backend", "builtin"]
+# As the Makefile runs them, from the checkout: calibration.json records these paths.
+COMMON = ["--data_dir", "data", "--checkpoint_dir", "checkpoints", "--batch_size", "64", "--backend", "builtin"]
 
 
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory):
     out = tmp_path_factory.mktemp("shipped") / "quantize_result"
     with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
         for mode in (["--quant_mode", "calib"], ["--quant_mode", "test", "--deploy", "--deploy_batch", "4"]):
             argv = COMMON + ["--output_dir", str(out)] + mode
             mp.setattr("sys.argv", ["vai_q_pytorch_quant.py"] + argv)
@@ -33,7 +34,8 @@ def read(folder, *parts):
         return f.read()
 
 
-@pytest.mark.parametrize("name", ["quant_info.json", "FFN_int.onnx", "deploy_check_data_int/FFN/shape.txt"])
+@pytest.mark.parametrize("name", ["quant_info.json", "calibration.json", "FFN_int.onnx",
+                                  "deploy_check_data_int/FFN/shape.txt"])
 def test_committed_file_equals_a_regeneration(regenerated, name):
     assert read(SHIPPED, name) == read(regenerated, name)
 

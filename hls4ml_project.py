@@ -32,6 +32,10 @@ import subprocess
 import sys
 import time
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take a second or more
+
 import numpy as np
 
 from checked_io import ArgumentParser, InputError, atomic_path, check_output_dir, cli, npy_path, save_npy

@@ -27,6 +27,10 @@ import json
 import os
 import sys
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take a second or more
+
 try:
     from checked_io import ArgumentParser, InputError, cli
     from simulate import deploy_check, deploy_rows, dump_folder, load_data, run_reference

@@ -24,6 +24,10 @@ import csv
 import os
 from collections import OrderedDict
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take a second or more
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed

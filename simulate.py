@@ -11,6 +11,10 @@ rows, one line per tensor, and the exit code is 1 if any differs.
 """
 import os
 
+from interruption import exit_on_interrupt
+
+exit_on_interrupt(__name__)   # first: the imports below take a second or more
+
 import numpy as np
 
 from checked_io import (ArgumentParser, InputError, cli, load_npy, positive_int,

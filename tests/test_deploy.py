@@ -86,6 +86,8 @@ def test_onnx_uses_standard_operators_with_power_of_two_scales(deployed):
     case, out = deployed
     model = onnx.load(str(out / "FFN_int.onnx"))
     onnx.checker.check_model(model)
+    # Written without the onnx package (vaiq.onnx_proto): the bytes onnx itself writes.
+    assert model.SerializeToString() == (out / "FFN_int.onnx").read_bytes()
     assert all(node.domain in ("", "ai.onnx") for node in model.graph.node)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for node in model.graph.node:

@@ -221,8 +221,13 @@ def test_integer_reference_of_the_golden_xmodel_alone(quantized):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit.load, the format asked for
 def test_onnx_and_torchscript_give_the_test_outputs(quantized):
     """(test_deploy.py runs a TorchScript file in a process without the project.)"""
+    import onnx
     import onnxruntime as ort
     out, net, x = quantized["out"], quantized["net"], quantized["x"]
+    written = (out / (net + "_int.onnx")).read_bytes()
+    model = onnx.load_from_string(written)
+    onnx.checker.check_model(model)
+    assert model.SerializeToString() == written   # vaiq.onnx_proto writes what onnx writes
     session = ort.InferenceSession(str(out / (net + "_int.onnx")), providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
     assert onnx_out.tobytes() == quantized["test_outputs"].tobytes()

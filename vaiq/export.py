@@ -128,7 +128,9 @@ def export_torch_script(quant_model, output_dir):
     module = _TestModeNetwork(quant_model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # torch.jit is deprecated in recent releases, still the format asked for
-        traced = torch.jit.trace(module, example)
+        # No check_trace: its comparison imports torch.distributed (a second of start-up); the
+        # tests compare the saved module with the test-mode outputs instead.
+        traced = torch.jit.trace(module, example, check_trace=False)
     path = os.path.join(output_dir, quant_model.chain.net_name + "_int.pt")
     with atomic_path(path) as tmp:
         traced.save(tmp)
@@ -149,28 +151,46 @@ def onnx_graph(int_net):
     through QuantizeLinear/DequantizeLinear: QuantizeLinear alone rounds half
     to even, and here it meets integers only, so it saturates and never rounds.
     Inference in onnxruntime then equals the quantizer's test mode exactly.
+    The messages are vaiq.onnx_proto's: the same bytes as the onnx package's.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from . import onnx_proto as proto
 
-    nodes, inits = [], []
+    model = proto.ModelProto(ir_version=ONNX_IR_VERSION, producer_name="vaiq")
+    model.opset_import.add(domain="", version=ONNX_OPSET)
+    graph = model.graph
+    graph.name = int_net.net_name + "_int"
+    onnx_types = {np.dtype(np.float32): proto.FLOAT, np.dtype(np.int8): proto.INT8}
 
     def const(name, value, dtype=np.float32):
-        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        array = np.asarray(value, dtype=dtype)
+        graph.initializer.add(dims=array.shape, data_type=onnx_types[array.dtype], name=name,
+                              raw_data=array.astype(array.dtype.newbyteorder("<")).tobytes())
         return name
 
     zero = const("zero_point", 0, np.int8)
     half = const("half", 0.5)
 
     def node(op, inputs, name, **attrs):
-        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        new = graph.node.add(input=inputs, output=[name], name=name, op_type=op)
+        for key, value in sorted(attrs.items()):
+            if isinstance(value, float):
+                new.attribute.add(name=key, f=value, type=proto.ATTR_FLOAT)
+            else:
+                new.attribute.add(name=key, i=value, type=proto.ATTR_INT)
         return name
+
+    def value_info(where, name, width):
+        tensor_type = where.add(name=name).type.tensor_type
+        tensor_type.elem_type = proto.FLOAT
+        tensor_type.shape.dim.add(dim_param="batch")
+        tensor_type.shape.dim.add(dim_value=width)
 
     def fix(x, fp, name):
         scale = const(name + "/scale", 2.0 ** -fp)
         scaled = node("Mul", [x, const(name + "/inv_scale", 2.0 ** fp)], name + "/scaled")
         low = node("Floor", [scaled], name + "/floor")
         up = node("GreaterOrEqual", [node("Sub", [scaled, low], name + "/frac"), half], name + "/round_up")
-        rounded = node("Add", [low, node("Cast", [up], name + "/carry", to=TensorProto.FLOAT)], name + "/rounded")
+        rounded = node("Add", [low, node("Cast", [up], name + "/carry", to=proto.FLOAT)], name + "/rounded")
         on_grid = node("Mul", [rounded, scale], name + "/on_grid")
         q = node("QuantizeLinear", [on_grid, scale, zero], name + "/q")
         return node("DequantizeLinear", [q, scale, zero], name)
@@ -196,13 +216,8 @@ def onnx_graph(int_net):
             x = node("Clip", [x, const(layer.activation_op_name + "/min", 0.0),
                               const(layer.activation_op_name + "/max", float(RELU6_MAX))], layer.activation_op_name)
         x = fix(x, layer.fp_out, layer.output_op_name + "_fix")
-    graph = helper.make_graph(
-        nodes, int_net.net_name + "_int",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", int_net.input_size])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", len(int_net.layers[-1].bias)])],
-        inits)
-    model = helper.make_model(graph, producer_name="vaiq", opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
-    model.ir_version = ONNX_IR_VERSION
+    value_info(graph.input, input_name, int_net.input_size)
+    value_info(graph.output, x, len(int_net.layers[-1].bias))
     return model
 
 

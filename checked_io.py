@@ -13,7 +13,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import warnings
 import zipfile
 
 import numpy as np
@@ -145,31 +144,28 @@ def load_npy(path, n_columns=None):
 
 
 def load_torch_file(path, what="checkpoint"):
-    """torch.load with weights_only=True: a file never runs code on load."""
-    import torch
+    """A torch.save file read by safe_torch_load: tensors, state dicts and plain
+    containers of numbers and strings; a file never runs code on load, on any torch."""
+    import safe_torch_load
 
     require_file(path, what)
-    # torch's own errors for a file of another kind are a bare number or advice
-    # to turn weights_only off, so the format is checked first.
     # The current format is a zip archive; the pre-1.6 one a pickle (first byte 0x80).
-    with open(path, "rb") as f:
-        legacy = f.read(1) == b"\x80"
+    try:
+        legacy = safe_torch_load.is_legacy(path)
+    except OSError as e:
+        raise InputError("{}: cannot read ({})".format(path, e.strerror or e))
     if not (legacy or _is_zipfile(path)):
         raise InputError("{}: not a loadable {} (not a torch.save file, or truncated)".format(path, what))
     try:
-        with warnings.catch_warnings():
-            # torch warns about oddities of a damaged file (an unknown pickle protocol) on
-            # stderr; the error below says what is wrong in one line.
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt zip, truncated data, or code refused by weights_only
+        return safe_torch_load.load(path)
+    except safe_torch_load.UnsafeError as e:
+        raise InputError("{}: not a loadable {} (it holds Python objects besides tensors ({}), which are not "
+                         "loaded as they could run code)".format(path, what, e))
+    except EOFError:
+        raise InputError("{}: not a loadable {} (the file ends early, truncated?)".format(path, what))
+    except Exception as e:  # corrupt zip or pickle: every other failure of a damaged file
         text = str(e).strip()
-        if isinstance(e, EOFError):
-            reason = "the file ends early, truncated?"
-        elif "Weights only load failed" in text:
-            reason = "it holds Python objects besides tensors, which are not loaded as they could run code"
-        else:
-            reason = text.splitlines()[0] if text else type(e).__name__
+        reason = text.splitlines()[0] if text else type(e).__name__
         raise InputError("{}: not a loadable {} ({})".format(path, what, reason))
 
 

@@ -22,14 +22,15 @@ pipeline: install
 stages: data train evaluate calib quant_test deploy simulate compile hls report
 
 # pip<24.1: newer pip refuses catalyst 22.4's metadata. torch==2.13.0 is the CPU wheel
-# (any other version pulls a CUDA build of several GB). protobuf 3.20.3, the docker's,
-# goes into a side folder for the tests that the .xmodel code runs on it too.
+# (any other version pulls a CUDA build of several GB). protobuf 3.20.3 and 3.19.6, the
+# dockers', go into side folders for the tests that the .xmodel code runs on them too.
 $(STAMP): requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet 'pip<24.1'
 	$(VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	$(VENV)/bin/python -m pip install --quiet --no-deps --target $(VENV)/protobuf-3.20.3 protobuf==3.20.3
+	$(VENV)/bin/python -m pip install --quiet --no-deps --target $(VENV)/protobuf-3.19.6 protobuf==3.19.6
 	touch $@
 
 install: $(STAMP)

@@ -22,7 +22,9 @@ from vaiq.xmodel import (XmodelError, build_graph, graph_summary, graph_to_model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, "tests", "fixtures", "golden")
 CASES = ["p1_trained_in2", "p2_trained_in2_nocorr", "p3_random_in4"]
-PROTOBUF_3_20 = os.path.join(ROOT, ".venv", "protobuf-3.20.3")
+# protobuf releases of the Vitis AI dockers (3.5: 3.20.3; 2.5: 3.19.6, without the
+# builder module of newer generated code), in side folders that make install creates
+OLD_PROTOBUFS = ["3.19.6", "3.20.3"]
 
 # The quantizer's node of each quantized output, and the xmodel ops of each Linear (+ReLU).
 INPUT_NODE = "FFN::nndct_input_0"
@@ -223,7 +225,7 @@ SUBPROCESS_SCRIPT = """
 import random, sys
 from google.protobuf.internal import api_implementation
 import google.protobuf
-assert google.protobuf.__version__ == "3.20.3", google.protobuf.__version__
+assert google.protobuf.__version__ == sys.argv[8], google.protobuf.__version__
 assert api_implementation.Type() == "python", api_implementation.Type()
 from vaiq.xmodel import XmodelError, read_xmodel, write_xmodel
 golden, ours, out_golden, out_ours, scratch = sys.argv[1:6]
@@ -255,17 +257,19 @@ print(cut_errors, flip_errors)
 CUT_END, CUT_STEP = 3000, 61   # cuts inside the op list of p3's golden file: all errors
 
 
-def test_protobuf_3_20_3_writes_and_reads_the_same(tmp_path):
-    if not os.path.isdir(PROTOBUF_3_20):
-        pytest.skip("protobuf 3.20.3 side folder {} is missing (make install creates it)".format(PROTOBUF_3_20))
+@pytest.mark.parametrize("version", OLD_PROTOBUFS)
+def test_old_protobuf_writes_and_reads_the_same(tmp_path, version):
+    side = os.path.join(ROOT, ".venv", "protobuf-" + version)
+    if not os.path.isdir(side):
+        pytest.skip("protobuf {} side folder {} is missing (make install creates it)".format(version, side))
     case = "p3_random_in4"
     model = golden_model(case)
     ours = tmp_path / "ours.xmodel"
     write_xmodel(model, str(ours))
     out_golden, out_ours = tmp_path / "there_golden.xmodel", tmp_path / "there_ours.xmodel"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([PROTOBUF_3_20, ROOT]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([side, ROOT]),
                PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python")
-    args = [golden_xmodel(case), ours, out_golden, out_ours, tmp_path / "scratch.xmodel", CUT_END, CUT_STEP]
+    args = [golden_xmodel(case), ours, out_golden, out_ours, tmp_path / "scratch.xmodel", CUT_END, CUT_STEP, version]
     result = subprocess.run([sys.executable, "-c", SUBPROCESS_SCRIPT] + [str(arg) for arg in args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True, timeout=300)

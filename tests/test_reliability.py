@@ -69,7 +69,7 @@ def _default_sigint():
 
 def start(script, args, cwd):
     """Start REPO/script in `cwd`; its stdout and stderr go to files, so no pipe fills up."""
-    out, err = (tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") for _ in range(2))
+    out, err = (tempfile.TemporaryFile() for _ in range(2))   # bytes: errors= is Python 3.8+
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, script)] + [str(a) for a in args],
                             cwd=str(cwd), stdout=out, stderr=err, preexec_fn=_default_sigint)
     proc.files = (out, err)
@@ -86,7 +86,7 @@ def finish(proc, timeout=TIMEOUT):
     texts = []
     for f in proc.files:
         f.seek(0)
-        texts.append(f.read())
+        texts.append(f.read().decode("utf-8", "replace"))
         f.close()
     return subprocess.CompletedProcess(proc.args, proc.returncode, texts[0], texts[1])
 

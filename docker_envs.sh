@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The flow in environments like the Vitis AI dockers' PyTorch environments, which
+# cannot run here (no docker engine): a Debian bullseye chroot (Python 3.9) holding
+#   torch-1.10  torch 1.10.1, numpy 1.19.5, protobuf 3.19.6   (as Vitis AI 2.5)
+#   torch-1.13  torch 1.13.1, numpy 1.22.4, protobuf 3.20.3   (as Vitis AI 3.5)
+# In each: `pip install -r requirements.txt` as README tells a docker user, a check
+# that torch, numpy and protobuf were kept, `make stages PY=python` and the tests, on a
+# copy of the checkout (the stages rewrite committed outputs).
+#
+# Usage, as root:   bash docker_envs.sh [CHECKOUT]     (default: this repository)
+#                   make test-docker-envs [CHECKOUT=...]
+# The chroot and the environments are built once under $ENVS_DIR and reused; each
+# environment is rebuilt only when its pins below change (BUILD_ONLY=1: build, nothing else). Needs debootstrap, the
+# Debian mirror of this machine's apt and PyPI.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CHECKOUT=$(cd "${1:-${CHECKOUT:-$HERE}}" && pwd)
+ENVS_DIR=${ENVS_DIR:-/var/tmp/vitis-ai-envs}
+ROOT=$ENVS_DIR/bullseye
+# "name|pins", the pins being what the docker brings before requirements.txt
+ENVS=(
+    "torch-1.10|torch==1.10.1 numpy==1.19.5 protobuf==3.19.6"
+    "torch-1.13|torch==1.13.1 numpy==1.22.4 protobuf==3.20.3"
+)
+NO_COMPILER=3   # compile.sh's exit code when vai_c_xir is missing: the stages' expected end
+
+log() { printf '\n=== %s  %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf 'docker_envs.sh: error: %s\n' "$*" >&2; exit 2; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot, mount)"
+[ -f "$CHECKOUT/requirements.txt" ] && [ -f "$CHECKOUT/Makefile" ] || die "$CHECKOUT: not a checkout of this project"
+
+mirror() {
+    # the first Debian archive URI of this machine's apt sources (deb822 or one-line form)
+    local uri
+    uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ && $2 ~ /\/debian\/?$/ {print $2; exit}')
+    [ -n "$uri" ] || uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+                           awk '$1 == "deb" && $2 ~ /\/debian\/?$/ {print $2; exit}')
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# ---------------------------------------------------------------- the chroot
+if [ ! -f "$ROOT/.complete" ]; then
+    command -v debootstrap >/dev/null || die "debootstrap is missing (apt-get install debootstrap)"
+    log "debootstrap bullseye from $(mirror) into $ROOT"
+    mkdir -p "$ENVS_DIR"
+    # built under another name and renamed, so that an interrupted build is never reused
+    rm -rf "$ROOT.partial"
+    debootstrap --variant=minbase --include=python3,python3-venv,make,ca-certificates \
+        bullseye "$ROOT.partial" "$(mirror)"
+    rm -rf "$ROOT"
+    mv "$ROOT.partial" "$ROOT"
+    touch "$ROOT/.complete"
+fi
+
+MOUNTED=()
+unmount_all() {
+    local i
+    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
+        umount "${MOUNTED[i]}" || umount -l "${MOUNTED[i]}" || true
+    done
+    MOUNTED=()
+}
+trap unmount_all EXIT
+trap 'echo "docker_envs.sh: interrupted" >&2; exit 130' INT TERM
+
+mount_one() {  # type-or-bind source target
+    mountpoint -q "$3" && return 0
+    if [ "$1" = bind ]; then mount --bind "$2" "$3"; else mount -t "$1" "$2" "$3"; fi
+    MOUNTED+=("$3")
+}
+mount_one proc proc "$ROOT/proc"
+mount_one sysfs sysfs "$ROOT/sys"
+mount_one bind /dev "$ROOT/dev"
+cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# the certificates this machine trusts (an intercepting proxy's CA among them) for pip
+HOST_CA=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+CHROOT_CA=
+if [ -f "$HOST_CA" ]; then
+    cp -L "$HOST_CA" "$ROOT/etc/ssl/host-ca-certificates.crt"
+    CHROOT_CA=/etc/ssl/host-ca-certificates.crt
+fi
+
+in_chroot() {  # VENV COMMAND: run COMMAND with bash in the chroot, the venv's python first on PATH
+    chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        ${CHROOT_CA:+PIP_CERT=$CHROOT_CA} \
+        PATH="$1/bin:/usr/local/bin:/usr/bin:/bin" /bin/bash -c "set -euo pipefail; $2"
+}
+
+# ---------------------------------------------------------------- the environments
+# all built first: the downloads (torch of ~1-2 GB each) are then done in one go
+for entry in "${ENVS[@]}"; do
+    name=${entry%%|*}
+    pins=${entry#*|}
+    venv=/opt/vai-$name
+    if [ "$(cat "$ROOT$venv/.pins" 2>/dev/null)" != "$pins" ]; then
+        log "$name: building $venv with $pins"
+        rm -rf "$ROOT$venv"
+        # pip<24.1: newer pip refuses catalyst 22.4's metadata (as on a plain machine)
+        in_chroot "$venv" "python3 -m venv $venv && python -m pip install --quiet 'pip<24.1' &&
+                           python -m pip install --quiet $pins"
+        echo "$pins" > "$ROOT$venv/.pins"
+    fi
+done
+[ -z "${BUILD_ONLY:-}" ] || exit 0
+
+# ---------------------------------------------------------------- each environment
+SUMMARY=()
+FAILED=0
+for entry in "${ENVS[@]}"; do
+    name=${entry%%|*}
+    pins=${entry#*|}
+    venv=/opt/vai-$name
+    work=/work/$name
+    start=$(date +%s)
+    status=ok
+
+    log "$name: copy of $CHECKOUT in $work"
+    rm -rf "$ROOT$work"
+    mkdir -p "$ROOT$work"
+    tar -C "$CHECKOUT" --exclude=./.git --exclude=./.venv --exclude='__pycache__' -cf - . | tar -C "$ROOT$work" -xf -
+
+    # What the docker brought, then the docker user's install, then the check.
+    versions="python -c 'import torch, numpy, google.protobuf as p; print(\"torch==\" + torch.__version__.split(\"+\")[0],
+              \"numpy==\" + numpy.__version__, \"protobuf==\" + p.__version__)'"
+    log "$name: pip install -r requirements.txt -r requirements-test.txt"
+    if ! in_chroot "$venv" "cd $work && python -m pip install --quiet -r requirements.txt &&
+                            python -m pip install --quiet -r requirements-test.txt"; then
+        status="pip install failed"
+    fi
+    kept=$(in_chroot "$venv" "$versions" || echo "import failed")
+    if [ "$kept" != "$pins" ]; then
+        status="replaced: now $kept"
+    fi
+    echo "$name: $kept (docker pins: $pins)"
+
+    stages=skipped
+    tests=skipped
+    if [ "$status" = ok ]; then
+        log "$name: make stages PY=python"
+        if in_chroot "$venv" "cd $work && make stages PY=python"; then
+            stages="ok (compile ended at exit $NO_COMPILER: no vai_c_xir)"
+        else
+            stages="failed"; status="stages failed"
+        fi
+        log "$name: pytest"
+        # -rs lists every skip with its reason
+        if in_chroot "$venv" "cd $work && python -m pytest -q -rs tests 2>&1 | tee /tmp/pytest-$name.log"; then
+            :
+        else
+            status="tests failed"
+        fi
+        tests=$(tail -n 1 "$ROOT/tmp/pytest-$name.log")
+    fi
+    [ "$status" = ok ] || FAILED=1
+    SUMMARY+=("$name: $status | kept: $kept | stages: $stages | tests: $tests | $(( $(date +%s) - start )) s")
+done
+
+log "summary (checkout $CHECKOUT)"
+printf '%s\n' "${SUMMARY[@]}"
+exit $FAILED

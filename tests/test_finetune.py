@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from checked_io import load_torch_file
 from test_quantizer_golden import GOLDEN, run_quant
 from vaiq import dpu
 from vaiq.legalize import check_positions
@@ -70,7 +71,7 @@ def test_test_mode_reproduces_the_calib_mode_finetuned_outputs(tmp_path):
     x, _ = features_and_targets()
     x = torch.from_numpy(x)
     float_model = FFN(2)
-    float_model.load_state_dict(torch.load(os.path.join(GOLDEN, CASE, "float_state_dict.pth"), weights_only=True))
+    float_model.load_state_dict(load_torch_file(os.path.join(GOLDEN, CASE, "float_state_dict.pth")))
     calib = torch_quantizer("calib", copy.deepcopy(float_model), (x[:1],), output_dir=str(tmp_path))
     with torch.no_grad():
         for start in range(0, len(x), 64):

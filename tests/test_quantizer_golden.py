@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import vai_q_pytorch_quant
+from checked_io import load_torch_file
 from vaiq import dpu
 from vaiq.xmodel import read_xmodel
 
@@ -98,8 +99,8 @@ def test_bias_corr_equals_golden_to_the_last_bit(calibrated):
     if not os.path.exists(golden):
         assert not ours.exists()
         return
-    a = torch.load(str(ours), weights_only=True)
-    b = torch.load(golden, weights_only=True)
+    a = load_torch_file(str(ours))
+    b = load_torch_file(golden)
     assert list(a) == list(b)
     for node in b:
         assert all(type(v) is float for v in a[node])
@@ -151,7 +152,7 @@ def test_test_mode_reads_the_release_1_3_form(case, tmp_path, monkeypatch):
     golden_corr = expected(case, "quantize_result", "bias_corr.pth")
     if os.path.exists(golden_corr):
         traced_nodes = ["FFN::FFN/Linear[l1]/6", "FFN::FFN/Linear[l2]/8", "FFN::FFN/Linear[l3]/10"]
-        corr = torch.load(golden_corr, weights_only=True)
+        corr = load_torch_file(golden_corr)
         torch.save(dict(zip(traced_nodes, corr.values())), str(out / "bias_corr.pth"))
     run_quant(monkeypatch, case, out, "--quant_mode", "test", "--save_outputs", str(tmp_path / "outputs.npy"))
     assert np.load(str(tmp_path / "outputs.npy")).tobytes() == np.load(expected(case, "test_outputs.npy")).tobytes()

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from checked_io import load_torch_file
 from conftest import REPO, run_script
 from losses import MSE
 from model import FFN
@@ -92,7 +93,7 @@ def test_saved_weights_are_the_lowest_validation_loss_epoch(two_runs, small_data
     logged = [float(row["loss"]) for row in read_log(work / "logs" / "valid.csv")]
     assert logged == pytest.approx(losses, rel=1e-9)
 
-    saved = torch.load(str(work / "first" / "ffn_state_dict.pth"), weights_only=True)
+    saved = load_torch_file(str(work / "first" / "ffn_state_dict.pth"))
     best_state = epochs[best][1]
     assert list(saved) == list(best_state)
     for key in saved:

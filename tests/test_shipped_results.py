@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vai_q_pytorch_quant
+from checked_io import load_torch_file
 from conftest import REPO
 from vaiq import dpu
 from vaiq.xmodel import graph_summary, read_graph, read_xmodel
@@ -37,12 +38,18 @@ def read(folder, *parts):
 @pytest.mark.parametrize("name", ["quant_info.json", "calibration.json", "FFN_int.onnx",
                                   "deploy_check_data_int/FFN/shape.txt"])
 def test_committed_file_equals_a_regeneration(regenerated, name):
-    assert read(SHIPPED, name) == read(regenerated, name)
+    shipped, again = read(SHIPPED, name), read(regenerated, name)
+    if name == "quant_info.json":
+        # byte for byte but for the version line, which names the torch it ran on
+        version = '  "version":"3.5.0+builtin+torch{}",'.format(torch.__version__.split("+")[0]).encode()
+        assert version in again.splitlines()
+        shipped, again = ([line for line in text.splitlines() if b'"version"' not in line] for text in (shipped, again))
+    assert shipped == again
 
 
 def test_committed_bias_corr_equals_a_regeneration(regenerated):
-    ours = torch.load(os.path.join(SHIPPED, "bias_corr.pth"), weights_only=True)
-    again = torch.load(str(regenerated / "bias_corr.pth"), weights_only=True)
+    ours = load_torch_file(os.path.join(SHIPPED, "bias_corr.pth"))
+    again = load_torch_file(str(regenerated / "bias_corr.pth"))
     assert ours == again
 
 

@@ -137,6 +137,7 @@ for entry in "${ENVS[@]}"; do
 
     stages=skipped
     tests=skipped
+    changed=
     if [ "$status" = ok ]; then
         log "$name: make stages PY=python"
         if in_chroot "$venv" "cd $work && make stages PY=python"; then
@@ -144,6 +145,11 @@ for entry in "${ENVS[@]}"; do
         else
             stages="failed"; status="stages failed"
         fi
+        # which committed outputs the stages rewrote with other bytes (same versions: none)
+        changed=$(cd "$ROOT$work" && for f in $(cd "$CHECKOUT" && { git ls-files data checkpoints logs quantize_result 2>/dev/null ||
+                                                            find data checkpoints logs quantize_result -type f; }); do
+                      cmp -s "$f" "$CHECKOUT/$f" || echo "$f"; done | tr '\n' ' ')
+        echo "$name: committed outputs with other bytes: ${changed:-none}"
         log "$name: pytest"
         # -rs lists every skip with its reason
         if in_chroot "$venv" "cd $work && python -m pytest -q -rs tests 2>&1 | tee /tmp/pytest-$name.log"; then
@@ -154,7 +160,7 @@ for entry in "${ENVS[@]}"; do
         tests=$(tail -n 1 "$ROOT/tmp/pytest-$name.log")
     fi
     [ "$status" = ok ] || FAILED=1
-    SUMMARY+=("$name: $status | kept: $kept | stages: $stages | tests: $tests | $(( $(date +%s) - start )) s")
+    SUMMARY+=("$name: $status | kept: $kept | stages: $stages | rewritten: ${changed:-none} | tests: $tests | $(( $(date +%s) - start )) s")
 done
 
 log "summary (checkout $CHECKOUT)"

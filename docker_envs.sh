@@ -97,11 +97,12 @@ for entry in "${ENVS[@]}"; do
     if [ "$(cat "$ROOT$venv/.pins" 2>/dev/null)" != "$pins" ]; then
         log "$name: building $venv with $pins"
         rm -rf "$ROOT$venv"
-        # pip<24.1: newer pip refuses catalyst 22.4's metadata (as on a plain machine)
-        in_chroot "$venv" "python3 -m venv $venv && python -m pip install --quiet 'pip<24.1' &&
-                           python -m pip install --quiet $pins"
+        in_chroot "$venv" "python3 -m venv $venv && python -m pip install --quiet $pins"
         echo "$pins" > "$ROOT$venv/.pins"
     fi
+    # bullseye's venv brings pip 20.3; pip<24.1 because newer pip refuses catalyst 22.4's
+    # metadata (as on a plain machine), and pip >= 22.2 for the resolution test's --report
+    in_chroot "$venv" "python -m pip install --quiet --upgrade 'pip<24.1'"
 done
 [ -z "${BUILD_ONLY:-}" ] || exit 0
 

@@ -295,6 +295,11 @@ def held_back(report, output):
 
 @pytest.fixture(scope="module")
 def pypi():
+    import pip
+    from packaging.version import Version
+
+    if Version(pip.__version__) < Version("22.2"):
+        pytest.skip("pip {} has no install --dry-run --report (pip 22.2)".format(pip.__version__))
     problem = pypi_reachable()
     if problem:
         pytest.skip("PyPI is unreachable, the resolution is not tested ({})".format(problem))

@@ -122,7 +122,8 @@ def load_npy(path, n_columns=None):
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise InputError("{}: holds Python objects (needs pickle); expected a numeric array".format(path))
-        raise InputError("{}: not a valid .npy file ({})".format(path, e))
+        # numpy < 1.21 puts a newline into its "Cannot parse header" text: one line here
+        raise InputError("{}: not a valid .npy file ({})".format(path, " ".join(str(e).split())))
     except (OSError, EOFError) as e:
         raise InputError("{}: not a valid .npy file ({})".format(path, e))
     except Exception as e:  # a damaged header: numpy lets tokenize and syntax errors through,

@@ -251,9 +251,8 @@ def pypi_reachable():
         return None
     except Exception as e:  # no network, DNS, proxy, certificates
         try:  # this machine's pip may trust a proxy's certificate that urllib does not
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--dry-run", "-q", "-d", os.devnull,
-                            "--timeout", "10", "--retries", "0", "tqdm"], check=True, timeout=60,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            subprocess.run([sys.executable, "-m", "pip", "index", "versions", "--timeout", "10", "--retries", "0",
+                            "tqdm"], check=True, timeout=60, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             return None
         except Exception:
             return "{}: {}".format(type(e).__name__, e)

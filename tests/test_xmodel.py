@@ -259,6 +259,10 @@ CUT_END, CUT_STEP = 3000, 61   # cuts inside the op list of p3's golden file: al
 
 @pytest.mark.parametrize("version", OLD_PROTOBUFS)
 def test_old_protobuf_writes_and_reads_the_same(tmp_path, version):
+    import google.protobuf
+
+    if google.protobuf.__version__ == version:
+        pytest.skip("protobuf {} is the one running: every xmodel test runs on it".format(version))
     side = os.path.join(ROOT, ".venv", "protobuf-" + version)
     if not os.path.isdir(side):
         pytest.skip("protobuf {} side folder {} is missing (make install creates it)".format(version, side))

@@ -84,7 +84,7 @@ fi
 
 in_chroot() {  # VENV COMMAND: run COMMAND with bash in the chroot, the venv's python first on PATH
     chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        ${CHROOT_CA:+PIP_CERT=$CHROOT_CA} \
+        ${CHROOT_CA:+PIP_CERT=$CHROOT_CA SSL_CERT_FILE=$CHROOT_CA} \
         PATH="$1/bin:/usr/local/bin:/usr/bin:/bin" /bin/bash -c "set -euo pipefail; $2"
 }
 
@@ -117,16 +117,20 @@ for entry in "${ENVS[@]}"; do
     start=$(date +%s)
     status=ok
 
-    log "$name: copy of $CHECKOUT in $work"
+    # two copies: the stages rewrite the committed outputs, which the tests check
+    log "$name: copies of $CHECKOUT in $work/stages and $work/tests"
     rm -rf "$ROOT$work"
-    mkdir -p "$ROOT$work"
-    tar -C "$CHECKOUT" --exclude=./.git --exclude=./.venv --exclude='__pycache__' -cf - . | tar -C "$ROOT$work" -xf -
+    for copy in stages tests; do
+        mkdir -p "$ROOT$work/$copy"
+        tar -C "$CHECKOUT" --exclude=./.git --exclude=./.venv --exclude='__pycache__' -cf - . |
+            tar -C "$ROOT$work/$copy" -xf -
+    done
 
     # What the docker brought, then the docker user's install, then the check.
     versions="python -c 'import torch, numpy, google.protobuf as p; print(\"torch==\" + torch.__version__.split(\"+\")[0],
               \"numpy==\" + numpy.__version__, \"protobuf==\" + p.__version__)'"
     log "$name: pip install -r requirements.txt -r requirements-test.txt"
-    if ! in_chroot "$venv" "cd $work && python -m pip install --quiet -r requirements.txt &&
+    if ! in_chroot "$venv" "cd $work/stages && python -m pip install --quiet -r requirements.txt &&
                             python -m pip install --quiet -r requirements-test.txt"; then
         status="pip install failed"
     fi
@@ -141,19 +145,19 @@ for entry in "${ENVS[@]}"; do
     changed=
     if [ "$status" = ok ]; then
         log "$name: make stages PY=python"
-        if in_chroot "$venv" "cd $work && make stages PY=python"; then
+        if in_chroot "$venv" "cd $work/stages && make stages PY=python"; then
             stages="ok (compile ended at exit $NO_COMPILER: no vai_c_xir)"
         else
             stages="failed"; status="stages failed"
         fi
         # which committed outputs the stages rewrote with other bytes (same versions: none)
-        changed=$(cd "$ROOT$work" && for f in $(cd "$CHECKOUT" && { git ls-files data checkpoints logs quantize_result 2>/dev/null ||
+        changed=$(cd "$ROOT$work/stages" && for f in $(cd "$CHECKOUT" && { git ls-files data checkpoints logs quantize_result 2>/dev/null ||
                                                             find data checkpoints logs quantize_result -type f; }); do
                       cmp -s "$f" "$CHECKOUT/$f" || echo "$f"; done | tr '\n' ' ')
         echo "$name: committed outputs with other bytes: ${changed:-none}"
         log "$name: pytest"
         # -rs lists every skip with its reason
-        if in_chroot "$venv" "cd $work && python -m pytest -q -rs tests 2>&1 | tee /tmp/pytest-$name.log"; then
+        if in_chroot "$venv" "cd $work/tests && python -m pytest -q -rs tests 2>&1 | tee /tmp/pytest-$name.log"; then
             :
         else
             status="tests failed"
@@ -161,7 +165,7 @@ for entry in "${ENVS[@]}"; do
         tests=$(tail -n 1 "$ROOT/tmp/pytest-$name.log")
     fi
     [ "$status" = ok ] || FAILED=1
-    SUMMARY+=("$name: $status | kept: $kept | stages: $stages | rewritten: ${changed:-none} | tests: $tests | $(( $(date +%s) - start )) s")
+    SUMMARY+=("$name: $status | kept: $kept | stages: $stages | rewritten: $(echo $changed | wc -w) committed outputs | tests: $tests | $(( $(date +%s) - start )) s")
 done
 
 log "summary (checkout $CHECKOUT)"

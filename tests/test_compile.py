@@ -280,9 +280,15 @@ def test_a_hung_compiler_is_stopped(project):
 
 def test_ctrl_c_stops_the_compiler(project):
     command, environment = compile_command(project, *compile_args(project), compiler="hang_recording_its_pid")
-    # A process group of its own, as under a terminal, where Ctrl-C signals the whole group.
+    def own_group_with_default_sigint():
+        # A process group of its own, as under a terminal, where Ctrl-C signals the whole group;
+        # SIGINT as a user's shell has it (tests started in the background inherit it ignored,
+        # and bash cannot trap a signal ignored on entry).
+        os.setpgrp()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     run = subprocess.Popen(command, cwd=str(project), env=environment, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, universal_newlines=True, preexec_fn=os.setpgrp)
+                           stderr=subprocess.PIPE, universal_newlines=True, preexec_fn=own_group_with_default_sigint)
     pid_file = project / "argv.txt"
     deadline = time.time() + 10
     while not (pid_file.exists() and pid_file.read_text().strip()) and time.time() < deadline:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from checked_io import load_torch_file
 from vaiq import dpu, torch_quantizer
 from vaiq.xmodel import graph_summary, read_graph, read_xmodel
 
@@ -112,7 +113,7 @@ def golden(case, *parts):
 def load_model(case):
     meta = info(case)
     model = MODELS[meta["model"]](meta["input_size"])
-    model.load_state_dict(torch.load(os.path.join(LAYERS, case, meta["model_name"]), weights_only=True))
+    model.load_state_dict(load_torch_file(os.path.join(LAYERS, case, meta["model_name"])))
     assert type(model).__name__ == meta["net_name"]
     return model.eval()
 
@@ -171,8 +172,8 @@ def test_quant_info_text_equals_golden_but_the_version(quantized):
 
 
 def test_bias_corr_equals_golden_to_the_last_bit(quantized):
-    ours = torch.load(str(quantized["out"] / "bias_corr.pth"), weights_only=True)
-    theirs = torch.load(golden(quantized["case"], "quantize_result", "bias_corr.pth"), weights_only=True)
+    ours = load_torch_file(str(quantized["out"] / "bias_corr.pth"))
+    theirs = load_torch_file(golden(quantized["case"], "quantize_result", "bias_corr.pth"))
     assert list(ours) == list(theirs)
     for key in theirs:
         assert np.array_equal(np.float64(ours[key]).view(np.uint64), np.float64(theirs[key]).view(np.uint64)), key

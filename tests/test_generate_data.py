@@ -68,8 +68,14 @@ def test_same_seed_same_bytes_other_seed_other_rows(tmp_path):
 
 
 def test_committed_data_is_the_makefile_recipe(tmp_path):
-    generate(tmp_path, "--n_samples", 10000, "--seed", 42)
-    assert read_bytes(os.path.join(REPO, "data")) == read_bytes(tmp_path)
+    again = generate(tmp_path, "--n_samples", 10000, "--seed", 42)
+    if tuple(int(part) for part in np.__version__.split(".")[:2]) >= (1, 24):
+        assert read_bytes(os.path.join(REPO, "data")) == read_bytes(tmp_path)
+    else:  # numpy 1.22 and 1.23 (the Vitis AI 3.5 docker's): sin and cos differ by 1 ulp on AVX-512
+        for name in SPLITS:
+            committed = np.load(os.path.join(REPO, "data", name + ".npy"))
+            assert committed.shape == again[name].shape
+            np.testing.assert_array_max_ulp(committed, again[name], maxulp=2)
 
 
 def test_the_smallest_count_splits_into_every_file(tmp_path):

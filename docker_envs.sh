@@ -23,6 +23,7 @@ ENVS=(
     "torch-1.10|torch==1.10.1 numpy==1.19.5 protobuf==3.19.6"
     "torch-1.13|torch==1.13.1 numpy==1.22.4 protobuf==3.20.3"
 )
+PYTEST_ARGS=${PYTEST_ARGS:-tests}   # e.g. tests/test_compile.py to run a part again
 NO_COMPILER=3   # compile.sh's exit code when vai_c_xir is missing: the stages' expected end
 
 log() { printf '\n=== %s  %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -157,7 +158,7 @@ for entry in "${ENVS[@]}"; do
         echo "$name: committed outputs with other bytes: ${changed:-none}"
         log "$name: pytest"
         # -rs lists every skip with its reason
-        if in_chroot "$venv" "cd $work/tests && python -m pytest -q -rs tests 2>&1 | tee /tmp/pytest-$name.log"; then
+        if in_chroot "$venv" "cd $work/tests && python -m pytest -q -rs $PYTEST_ARGS 2>&1 | tee /tmp/pytest-$name.log"; then
             :
         else
             status="tests failed"

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from checked_io import load_torch_file
 from conftest import assert_clean_error, run_script, snapshot
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
@@ -46,7 +47,7 @@ def work(calibrated, tmp_path):
 
 def retrained(work, name):
     """A checkpoint of the same shape with other weights, as a retraining gives."""
-    state = torch.load(str(work / "checkpoints" / "ffn_state_dict.pth"), weights_only=True)
+    state = load_torch_file(str(work / "checkpoints" / "ffn_state_dict.pth"))
     state["l1.weight"] = state["l1.weight"] * 1.01
     torch.save(state, str(work / "checkpoints" / name))
 

@@ -143,7 +143,9 @@ def test_training_into_a_pipe_prints_one_line_per_epoch(two_runs):
     first = epoch_lines[0].split(": ", 1)[1]   # "train loss A, valid loss B; best epoch 1 (B)"
     assert float(first.split("valid loss ")[1].split(";")[0]) == pytest.approx(float(valid[0]["loss"]), rel=1e-6)
     assert epoch_lines[-1].startswith("epoch {0}/{0}: ".format(N_EPOCHS))
-    assert "best epoch 6 " in epoch_lines[-1]
+    # the lowest valid loss of the log (epoch 6 with torch 2.13; trained weights differ across torch versions)
+    best = min(range(len(valid)), key=lambda i: float(valid[i]["loss"])) + 1
+    assert "best epoch {} ".format(best) in epoch_lines[-1]
     assert results[0].stderr == ""   # no progress bars
     assert len(results[0].stdout) < 100 * (N_EPOCHS + 4)
 

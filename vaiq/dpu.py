@@ -24,7 +24,7 @@ from typing import List
 import numpy as np
 
 # The DPU's tensors are int8: q in [Q_MIN, Q_MAX], defined once in int_model.py.
-from .int_model import (ACTIVATIONS, LEAKY_RELU, LEAKY_RELU_ALPHA_NUM, LEAKY_RELU_ALPHA_SHIFT, MATMUL, Q_MAX, Q_MIN, RELU,
+from .int_model import (ACTIVATIONS, INT32_LIMIT, LEAKY_RELU, LEAKY_RELU_ALPHA_NUM, LEAKY_RELU_ALPHA_SHIFT, MATMUL, Q_MAX, Q_MIN, RELU,
                         RELU6, RELU6_MAX, SCALE)
 # shift_cut(i, w, o) = i + w - o: the right shift from the accumulator to the
 # output; shift_bias(i, w, b) = i + w - b: the left shift of the bias to the
@@ -71,11 +71,8 @@ def quantize_input(x_float, fp):
     return saturate(q.astype(np.int64))
 
 
-# vai_q_pytorch rounds into a C int: a value beyond int32 becomes INT_MIN there, hence -128
-# (vai_q_pytorch.md, "Numbers"); the DPU saturates it. The two disagree on such rows only.
-INT32_LIMIT = 2.0 ** 31
-
-
+# vai_q_pytorch turns an input beyond int32 into -128 (int_model.INT32_LIMIT); the DPU
+# saturates it. The two disagree on such rows only.
 def int32_overflow_rows(x_float, fp):
     """The rows of x_float holding an input that vai_q_pytorch turns into -128 at position fp."""
     v = np.abs(np.ldexp(np.asarray(x_float, dtype=np.float32).astype(np.float64), fp))

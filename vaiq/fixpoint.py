@@ -9,7 +9,7 @@ import torch
 
 from checked_io import InputError
 
-from .int_model import Q_MAX, Q_MIN
+from .int_model import INT32_LIMIT, Q_MAX, Q_MIN
 
 MAX_FIX_POS = 12          # cap for 8-bit tensors
 ALL_ZERO_FIX_POS = 18     # base position when the tensor has no range
@@ -38,14 +38,9 @@ def round_half_away(x):
 ROUND = {HALF_AWAY: round_half_away, HALF_UP: round_half_up}
 
 
-# The real kernel stores R(x * 2^fp) in a C int before the clamp; on x86-64 a value
-# beyond the int32 range (and NaN) converts to INT_MIN, so it ends as Q_MIN.
-INT32_MIN, INT32_LIMIT = -2.0 ** 31, 2.0 ** 31
-
-
 def int32_overflow(rounded):
-    """Where R(x * 2^fp) does not fit a C int (NaN included: it fails both tests)."""
-    return ~((rounded >= INT32_MIN) & (rounded < INT32_LIMIT))
+    """Where R(x * 2^fp) does not fit the real kernel's C int (NaN included: it fails both tests)."""
+    return ~((rounded >= -INT32_LIMIT) & (rounded < INT32_LIMIT))
 
 
 def quantize(x, fp, mode):

@@ -16,6 +16,9 @@ import numpy as np
 # Every value is a signed BIT_WIDTH-bit integer q in [Q_MIN, Q_MAX].
 BIT_WIDTH = 8
 Q_MIN, Q_MAX = -(2 ** (BIT_WIDTH - 1)), 2 ** (BIT_WIDTH - 1) - 1
+# vai_q_pytorch's kernel rounds into a C int, which holds [-2^31, 2^31): beyond it (and
+# for NaN) x86-64 gives INT_MIN, so the value ends as Q_MIN (spec "Numbers", Overflow).
+INT32_LIMIT = 2.0 ** 31
 
 # Positions beyond +-64 mean steps below 2^-64 or above 2^64, which no int8
 # network uses; the bound also keeps q * 2^-fp exact in float32.

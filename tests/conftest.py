@@ -3,6 +3,7 @@
 Test files use them with `from conftest import run_script, assert_clean_error, snapshot`.
 """
 import os
+import signal
 import subprocess
 import sys
 
@@ -33,6 +34,20 @@ def assert_clean_error(result, *must_contain):
     assert len(lines) == 1 and lines[0].strip(), shown
     for text in must_contain:
         assert text in lines[0], "{!r} not in the error line\n{}".format(text, shown)
+
+
+def sigterm_handled(pid):
+    """True once process `pid` has installed a SIGTERM handler (its script's first line)."""
+    with open("/proc/{}/status".format(pid)) as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def cpu_seconds(pid):
+    """The CPU time process `pid` has used so far (Linux /proc)."""
+    with open("/proc/{}/stat".format(pid)) as f:
+        fields = f.read().rsplit(")", 1)[1].split()   # fields[0] is field 3 of proc(5)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
 
 
 def snapshot(folder):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cpu_seconds, sigterm_handled
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals and /proc")
 
@@ -36,25 +36,13 @@ def _default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def sigterm_caught(pid):
-    with open("/proc/{}/status".format(pid)) as f:
-        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
-    return bool(caught >> (signal.SIGTERM - 1) & 1)
-
-
-def cpu_seconds(pid):
-    with open("/proc/{}/stat".format(pid)) as f:
-        fields = f.read().rsplit(")", 1)[1].split()   # fields[0] is field 3 of proc(5)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
-
-
 def signalled_during_start(script, sig, delay, cwd):
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, script)] + list(SCRIPTS[script]), cwd=str(cwd),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                             preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 60
-        while not sigterm_caught(proc.pid):
+        while not sigterm_handled(proc.pid):
             assert proc.poll() is None and time.monotonic() < deadline, "the handlers never appeared"
             time.sleep(0.002)
         cpu_at_handlers = cpu_seconds(proc.pid)

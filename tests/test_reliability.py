@@ -41,7 +41,7 @@ import report
 import vai_q_pytorch_quant
 import vaiq.export
 from checked_io import InputError, atomic_path, load_npy, save_npy, torch_save, write_text
-from conftest import REPO, assert_clean_error, snapshot
+from conftest import REPO, assert_clean_error, cpu_seconds, sigterm_handled, snapshot
 from model import FFN
 from preprocessors import load_from_state_dict
 from vaiq.quant_info import read_bias_corr, read_ft_params, read_quant_info
@@ -199,19 +199,6 @@ def test_rerun_over_earlier_outputs_leaves_no_stale_file(flow):
 
 
 # ---------------------------------------------------------------- interruption of real runs
-
-def sigterm_handled(pid):
-    """True once the script's first line has installed its SIGTERM handler."""
-    with open("/proc/{}/status".format(pid)) as f:
-        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
-    return bool(caught >> (signal.SIGTERM - 1) & 1)
-
-
-def cpu_seconds(pid):
-    with open("/proc/{}/stat".format(pid)) as f:
-        fields = f.read().rsplit(")", 1)[1].split()   # fields[0] is field 3 of proc(5)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
-
 
 def startup_cpu_seconds(script):
     """CPU seconds a script spends before its main: a --help run ends right after its imports."""

@@ -76,22 +76,17 @@ def test_a_differing_dump_fails(tmp_path):
     assert "1 of 22 tensors differ" in run.stdout.splitlines()[-1]
 
 
-def test_a_data_file_not_starting_with_the_deploy_row_fails(tmp_path):
-    xmodel, data, dumps = case_paths("p1_trained_in2")
+@pytest.mark.parametrize("case, question", [
+    ("p1_trained_in2", "is row 0 of the data the deploy row?"),
+    ("p4_trained_in2_deploy4", "are rows 0 to 3 of the data the deploy rows?"),   # batch 4
+])
+def test_data_not_starting_with_the_deploy_rows_fails(case, question, tmp_path):
+    xmodel, data, dumps = case_paths(case)
     shifted = str(tmp_path / "shifted.npy")
     np.save(shifted, np.load(data)[1:])
     run = simulate(xmodel, "--data", shifted, "--check", dumps)
     assert run.returncode == 1
-    assert "is row 0 of the data the deploy row?" in run.stdout.splitlines()[-1]
-
-
-def test_batch_4_data_not_starting_with_the_deploy_rows_fails(tmp_path):
-    xmodel, data, dumps = case_paths("p4_trained_in2_deploy4")
-    shifted = str(tmp_path / "shifted.npy")
-    np.save(shifted, np.load(data)[1:])
-    run = simulate(xmodel, "--data", shifted, "--check", dumps)
-    assert run.returncode == 1
-    assert "are rows 0 to 3 of the data the deploy rows?" in run.stdout.splitlines()[-1]
+    assert question in run.stdout.splitlines()[-1]
 
 
 def test_batch_4_deploy_check_compares_all_4_rows(tmp_path):

@@ -1,5 +1,5 @@
 """The second route to the U250: an hls4ml HLS project of a quantizer xmodel, with a C
-simulation that must equal the integer DPU reference (vaiq/dpu.py) bit for bit.
+simulation that must equal the integer DPU reference (dpu/reference.py) bit for bit.
 
     python hls4ml_project.py [XMODEL] [--output_dir hls_project] [--data data/test.npy]
                              [--save_outputs FILE.npy] [--backend Vitis|Vivado]
@@ -12,8 +12,9 @@ passed as their exact values q * 2^-fp, and accumulators wide enough to hold eve
 exactly, so the cast to the output type is the DPU's single rounding. A fused activation
 gets the exact sum and does the rounding itself (leaky-relu's 26/256 and relu6's clamp
 then act on the exact value, as on the DPU). The project is written, its C simulation
-built with g++ (no Xilinx tools), every row of --data run through it and compared with
-the integer reference; one line gives the result. The project folder is built aside and
+built with g++ (no Xilinx tools; a progress bar on a terminal, a line per step in a log),
+every row of --data run through it and compared with the integer reference; one line
+gives the result. The project folder is built aside and
 swapped in whole, with no time stamp or temporary path in its files.
 
 --synth runs HLS synthesis where the backend's tool is on PATH (Vitis: vitis-run,
@@ -23,24 +24,27 @@ Exit codes: 0 all rows equal; 1 some row differs; 2 bad input or a missing g++/h
 3 --synth without the HLS tool (the C simulation ran and was equal); 4 Python older than
 3.10, where hls4ml 1.3.0 does not install (nothing was done).
 """
+import argparse
 import contextlib
 import hashlib
 import io
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 
-from interruption import exit_on_interrupt
+from flow import start_stage
 
-exit_on_interrupt(__name__)   # first: the imports below take a second or more
+start_stage(__name__)   # first: kernels pinned and Ctrl-C handled before torch is imported
 
 import numpy as np
 
-from checked_io import ArgumentParser, InputError, atomic_path, check_output_dir, cli, npy_path, save_npy
-from simulate import load_model, run_reference
-from vaiq.int_model import LEAKY_RELU, LEAKY_RELU_ALPHA, LEAKY_RELU_ALPHA_SHIFT, MATMUL, Q_MIN, RELU, RELU6
+from flow.checked_io import ArgumentParser, InputError, Progress, atomic_path, check_output_dir, cli, npy_path, save_npy
+from dpu.simulation import load_model, run_reference
+from dpu.int_model import LEAKY_RELU, LEAKY_RELU_ALPHA, LEAKY_RELU_ALPHA_SHIFT, MATMUL, Q_MIN, RELU, RELU6
 
 EXIT_MISMATCH = 1
 EXIT_NO_HLS_TOOL = 3
@@ -48,6 +52,15 @@ EXIT_OLD_PYTHON = 4
 MIN_PYTHON = (3, 10)
 
 U250_PART = "xcu250-figd2104-2L-e"
+# A Xilinx part: x + c (commercial), a (automotive) or q (defense), a family, the device,
+# then package and speed grade after dashes (xcu250-figd2104-2L-e, xc7z020clg400-1).
+PART_FAMILIES = (("u", "Alveo (xcu50, xcu200, xcu250, xcu280 ...)"), ("vu", "Virtex UltraScale(+)"),
+                 ("ku", "Kintex UltraScale(+)"), ("au", "Artix UltraScale+"), ("zu", "Zynq UltraScale+"),
+                 ("7a", "Artix-7"), ("7k", "Kintex-7"), ("7v", "Virtex-7"), ("7z", "Zynq-7000"),
+                 ("7s", "Spartan-7"), ("vc", "Versal AI Core"), ("ve", "Versal AI Edge"), ("vm", "Versal Prime"),
+                 ("vp", "Versal Premium"), ("vh", "Versal HBM"), ("k", "Kria SOM (xck26)"))
+PART_PATTERN = re.compile(r"^x[caq](?:{})\d[0-9a-z]*(?:-[0-9a-z]+)+$".format(
+    "|".join(family for family, _ in PART_FAMILIES)), re.IGNORECASE)
 PROJECT = "ffn"
 INPUT = "x"
 SYNTH_TOOLS = {"Vitis": "vitis-run", "Vivado": "vivado_hls"}
@@ -61,17 +74,30 @@ PROJECT_FILES = ("build_lib.sh", "build_opt.tcl", "build_prj.tcl", "firmware", "
 ACTIVATION_FUNCTIONS = {RELU: "relu", RELU6: "relu6", LEAKY_RELU: "leaky_relu"}
 
 
+def part_name(text):
+    """--part: a Xilinx part name (family, device, package, speed grade), else a one-line error."""
+    if not PART_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(
+            "{!r} is not a Xilinx part name such as {} (x + c/a/q, a family, the device, then package and "
+            "speed grade after dashes); the families taken: {}".format(
+                text, U250_PART, ", ".join("xc{} {}".format(family, name) for family, name in PART_FAMILIES)))
+    return text
+
+
 def parse_args():
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    # The description is the docstring's first paragraph, whole.
+    parser = ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("xmodel", nargs="?", default=os.path.join("quantize_result", "FFN_int.xmodel"),
-                        help="the quantizer's <Net>_int.xmodel (default quantize_result/FFN_int.xmodel)")
+                        help="the quantizer's <Net>_int.xmodel")
     parser.add_argument("--output_dir", default="hls_project", help="the HLS project folder; replaced whole")
     parser.add_argument("--data", default=os.path.join("data", "test.npy"),
                         help=".npy (rows, input_size + 1): features, then the target")
     parser.add_argument("--save_outputs", type=npy_path, metavar="FILE.npy",
-                        help="save the C-simulation outputs, float32 (rows, 1)")
-    parser.add_argument("--backend", choices=sorted(SYNTH_TOOLS), default="Vitis")
-    parser.add_argument("--part", default=U250_PART, help="the FPGA part (default: the Alveo U250's)")
+                        help="save the C-simulation outputs, float32 (rows, 1) (default: not saved)")
+    parser.add_argument("--backend", choices=sorted(SYNTH_TOOLS), default="Vitis",
+                        help="the hls4ml backend: Vitis (Vitis HLS) or Vivado (Vivado HLS)")
+    parser.add_argument("--part", type=part_name, default=U250_PART,
+                        help="the FPGA part, a Xilinx part name (the default is the Alveo U250's)")
     parser.add_argument("--synth", action="store_true", help="also run HLS synthesis (needs Vitis HLS or Vivado HLS)")
     return parser.parse_args()
 
@@ -175,14 +201,59 @@ def write_project(hls_model, tmp, output_dir):
         f.write(text.replace(tmp, output_dir))
 
 
+# bash -x marks each command of build_lib.sh with this (PS4), so that the build's steps show as they start.
+TRACE = "+[build_lib.sh] "
+
+
+def build_steps(script):
+    """The g++ commands of build_lib.sh that compile or link (not its feature probes)."""
+    with open(script, encoding="utf-8") as f:
+        return [line for line in f if re.match(r"\s*\$\{?CC\}?\s", line) and re.search(r"\s-(c|shared)\s", line)]
+
+
+def describe_step(command):
+    """'g++ -c firmware/ffn.cpp' or 'g++ -shared ... -o firmware/ffn-<stamp>.so' of a traced command."""
+    words = shlex.split(command) if command.count('"') % 2 == 0 else command.split()
+    if "-c" in words[:-1]:
+        return "g++ -c " + words[words.index("-c") + 1]
+    if "-o" in words[:-1]:
+        return "g++ link " + words[words.index("-o") + 1]
+    return " ".join(words[:1])
+
+
 def build_csim(hls_model, tmp, output_dir):
-    """Build the C simulation in `tmp` (g++, hls4ml's build_lib.sh) and load it for predict()."""
+    """Build the C simulation in `tmp` (g++, hls4ml's build_lib.sh) and load it for predict();
+    a line per compile or link step as it starts (a bar on a terminal)."""
     import ctypes
 
-    run = subprocess.run(["bash", "build_lib.sh"], cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         universal_newlines=True)
-    if run.returncode != 0:
-        errors = [line for line in run.stdout.splitlines() if "error" in line] or run.stdout.splitlines() or ["?"]
+    total = len(build_steps(os.path.join(tmp, "build_lib.sh"))) or 1
+    # Traced: bash prints each command with the TRACE mark before running it. bash reads PS4
+    # from the script, not the environment, when run as root; $0 stays build_lib.sh.
+    command = ["bash", "-c", "PS4='{}'; set -x; . ./build_lib.sh".format(TRACE), "build_lib.sh"]
+    output = []
+    started = 0
+    with Progress("C simulation build (g++)", total, ticking=True) as progress:
+        proc = subprocess.Popen(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                universal_newlines=True)
+        try:
+            for line in proc.stdout:
+                marked = re.match(r"^\++\[build_lib\.sh\] (.*)$", line.rstrip("\n"))
+                if marked is None:
+                    output.append(line.rstrip("\n"))
+                elif re.search(r"\s-(c|shared)(\s|$)", marked.group(1)) and started < total:
+                    if started:
+                        progress.advance()
+                    started += 1
+                    progress.note("{}/{} {}".format(started, total, describe_step(marked.group(1))))
+            returncode = proc.wait()
+        finally:
+            if proc.poll() is None:     # interrupted: g++ goes too
+                proc.kill()
+                proc.wait()
+        if returncode == 0:
+            progress.advance(total - max(started - 1, 0))
+    if returncode != 0:
+        errors = [line for line in output if "error" in line] or output or ["?"]
         raise InputError("{}: the C simulation did not build with g++: {}".format(
             os.path.join(output_dir, "build_lib.sh"), errors[0].strip()))
     library = os.path.join(tmp, "firmware", "{}-{}.so".format(PROJECT, hls_model.config.get_config_value("Stamp")))

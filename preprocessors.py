@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from checked_io import InputError, load_npy, load_torch_file, require_dir
+from flow.checked_io import InputError, load_npy, load_torch_file, require_dir
 from model import FFN
 from set_seed import DEVICE
 
@@ -60,6 +60,14 @@ def make_dataloaders(data_dir, batch_size, input_size=None, seed=0):
     }
 
 
+def _describe(value):
+    """What a loaded checkpoint holds instead of a state dict, in a few words."""
+    if isinstance(value, dict):
+        return "an empty dict" if not value else "a dict of {}".format(
+            ", ".join(sorted({type(v).__name__ for v in value.values()})))
+    return "a {}".format(type(value).__name__)
+
+
 def checkpoint_path(checkpoint_dir, model_name):
     """--model_name as given when it exists or names a folder too, else inside --checkpoint_dir."""
     if os.path.exists(model_name) or os.path.dirname(model_name):
@@ -72,11 +80,33 @@ def load_ffn(checkpoint_dir, model_name, input_size):
     return load_from_state_dict(FFN(input_size), checkpoint_path(checkpoint_dir, model_name)).to(DEVICE).eval()
 
 
+# What a checkpoint that is not a state dict needs instead, for its error line.
+SAVE_STATE_DICT = "a whole model saved with torch.save(model)? Save its state dict instead: " \
+                  "torch.save(model.state_dict(), {!r})"
+
+
+def _is_state_dict(value):
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
 def load_from_state_dict(model, path):
     """Load a state dict (weights only, never code) into `model`, with clear errors."""
-    state = load_torch_file(path, "checkpoint")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError("{}: is not a state dict of tensors".format(path))
+    state = load_torch_file(path, "checkpoint", how_to_save=SAVE_STATE_DICT.format(path))
+    if isinstance(state, dict) and not _is_state_dict(state):
+        # A training checkpoint ({"model_state_dict": ..., "optimizer_state_dict": ..., "epoch": ...}):
+        # name the key of the state dict inside.
+        inside = [key for key, value in state.items() if _is_state_dict(value)]
+        if inside:
+            raise InputError("{}: is not a state dict of tensors but a dict holding {} under the key{} {}; save "
+                             "{}: torch.save({}, 'ffn_state_dict.pth')".format(
+                                 path, "a state dict" if len(inside) == 1 else "state dicts",
+                                 "" if len(inside) == 1 else "s", ", ".join(repr(k) for k in inside),
+                                 "that one" if len(inside) == 1 else "the model's",
+                                 "torch.load({!r})[{!r}]".format(path, inside[0]) if len(inside) == 1 else
+                                 "torch.load({!r})[KEY]".format(path)))
+    if not _is_state_dict(state):
+        raise InputError("{}: is not a state dict of tensors ({}); save one with torch.save(model.state_dict(), "
+                         "PATH)".format(path, _describe(state)))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))

@@ -10,16 +10,11 @@ import copy
 import os
 import sys
 
-from interruption import exit_on_interrupt
+from flow import start_stage
 
-exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+start_stage(__name__)   # first: kernels pinned and Ctrl-C handled before torch is imported
 
-from checked_io import (ArgumentParser, InputError, check_output_dir, cli, positive_float, positive_int, seed,
-                        torch_save)
-from losses import evaluate
-from model import FFN
-from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
-from set_seed import DEVICE, set_seed
+from flow.checked_io import ArgumentParser, positive_float, positive_int, seed
 
 CHECKPOINT_NAME = "ffn_state_dict.pth"
 # What runner.train writes into --log_dir, which it replaces whole when training ends.
@@ -27,26 +22,40 @@ LOG_FILES = ("train.csv", "valid.csv", "hparams.json")
 
 
 def parse_args():
+    """The flags, checked; needs only argparse, so that --help and bad flags answer before torch is imported."""
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default="data", help="folder with train.npy, valid.npy and the eval file")
     parser.add_argument("--eval_data", default="test.npy", help="file in --data_dir that --evaluate uses")
-    parser.add_argument("--input_size", type=positive_int, default=2)
-    parser.add_argument("--checkpoint_dir", default="checkpoints")
+    parser.add_argument("--input_size", type=positive_int, default=2, help="features per row of the data")
+    parser.add_argument("--checkpoint_dir", default="checkpoints",
+                        help="folder that --train writes {} into".format(CHECKPOINT_NAME))
     parser.add_argument("--model_name", help="state dict to start training from, or to evaluate: a file "
-                        "name in --checkpoint_dir, or a path")
-    parser.add_argument("--train", action="store_true")
-    parser.add_argument("--evaluate", action="store_true")
-    parser.add_argument("--batch_size", type=positive_int, default=64)
-    parser.add_argument("--lr", type=positive_float, default=1e-3)
-    parser.add_argument("--n_epochs", type=positive_int, default=1)
-    parser.add_argument("--seed", type=seed, default=42)
-    parser.add_argument("--log_dir", default="logs", help="per-epoch train.csv and valid.csv")
+                        "name in --checkpoint_dir, or a path (default: none, training starts from the seed's "
+                        "initial weights)")
+    parser.add_argument("--train", action="store_true",
+                        help="train, keep the epoch with the lowest validation loss")
+    parser.add_argument("--evaluate", action="store_true", help="print mse and r^2 on --eval_data")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="rows per batch, in training and evaluation")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate of the optimiser")
+    parser.add_argument("--n_epochs", type=positive_int, default=1, help="training epochs")
+    parser.add_argument("--seed", type=seed, default=42, help="seed of the initial weights and the shuffling")
+    parser.add_argument("--log_dir", default="logs", help="per-epoch train.csv and valid.csv; replaced whole")
     args = parser.parse_args()
     if not (args.train or args.evaluate):
         parser.error("nothing to do: give --train, --evaluate or both")
     if args.evaluate and not (args.train or args.model_name):
         parser.error("--evaluate needs --model_name (a state dict) or --train")
     return args
+
+
+if __name__ == "__main__":
+    parse_args()    # --help and bad flags answer here, before the seconds that torch takes to import
+
+from flow.checked_io import InputError, check_output_dir, cli, torch_save
+from losses import evaluate
+from model import FFN
+from preprocessors import checkpoint_path, load_from_state_dict, make_dataloader
+from set_seed import DEVICE, set_seed
 
 
 def warn_if_not_quantizable(model):

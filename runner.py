@@ -1,4 +1,6 @@
 """Stage 2 on Catalyst: train the FFN with Adam on the MSE, keep the best weights; evaluate.
+The QAT stage (vai_q_pytorch_qat.py) trains its quantized model through the same runner
+(`train_qat`).
 
 Two Catalyst 22.4 behaviours shape this module:
 - `SupervisedRunner` with a criterion fails on accelerate 1.x (AttributeError: TPU),
@@ -23,24 +25,38 @@ import torch
 from catalyst import dl
 from catalyst.utils import set_global_seed
 
-from checked_io import InputError, atomic_path
+from flow.checked_io import InputError, atomic_path
 from losses import MSE, evaluate, regression_metrics  # noqa: F401 - evaluate, for callers of runner
 
 # What `train` returns: the weights of the best epoch, its number and validation loss.
 Best = collections.namedtuple("Best", ["state_dict", "epoch", "valid_loss"])
 
 
+class Diverged(Exception):
+    """Raised in the epoch loop of `train_qat` when the loss or a parameter stops being finite."""
+
+    def __init__(self, epoch, batch, problem):
+        super().__init__("epoch {}, batch {}: {}".format(epoch, batch, problem))
+        self.epoch, self.batch, self.problem = epoch, batch, problem
+
+
 class FFNRunner(dl.Runner):
     """Forward, loss and optimiser step per batch; loss and r2 per loader;
-    the state dict of the epoch with the lowest validation loss."""
+    the state dict of the epoch with the lowest validation loss.
 
-    def __init__(self, optimizer, criterion=None):
+    For `train_qat` also: `penalty()`, a term added to the loss that is minimized (the
+    logged loss stays the MSE); `check()`, called after each optimizer step, a text when the
+    parameters diverged (the loss is checked too: both stop the run with `Diverged`);
+    `schedule(epoch)`, called after each epoch (the next epoch's learning rates)."""
+
+    def __init__(self, optimizer, criterion=None, penalty=None, check=None, schedule=None):
         super().__init__()
         # The optimiser is stepped here, not handed to Catalyst's engine: on one CPU
         # accelerate's wrapper adds nothing to the step but a package look-up on every
         # call, which alone made the training about 1.5x slower.
         self.adam = optimizer
         self.loss_fn = criterion if criterion is not None else MSE()
+        self.penalty, self.check, self.schedule = penalty, check, schedule
         self.best = Best(None, 0, math.inf)
 
     def on_loader_start(self, runner):
@@ -55,9 +71,17 @@ class FFNRunner(dl.Runner):
         self.outputs.append(outputs.detach())
         self.targets.append(batch["targets"])
         if self.is_train_loader:
+            if self.penalty is not None:
+                loss = loss + self.penalty()
+            if self.check is not None and not torch.isfinite(loss.detach()).all():
+                raise Diverged(self.epoch_step, self.loader_batch_step, "the loss became {}".format(
+                    "nan" if torch.isnan(loss.detach()).any() else "inf"))
             self.engine.backward(loss)
             self.adam.step()
             self.adam.zero_grad()
+            problem = self.check() if self.check is not None else None
+            if problem:
+                raise Diverged(self.epoch_step, self.loader_batch_step, problem)
 
     def on_loader_end(self, runner):
         metrics = regression_metrics(torch.cat(self.outputs), torch.cat(self.targets))
@@ -73,6 +97,8 @@ class FFNRunner(dl.Runner):
         # Shown on the console's "* Epoch" line, which is otherwise empty.
         self.epoch_metrics["_epoch_"].update(best_epoch=self.best.epoch, best_valid_loss=self.best.valid_loss)
         super().on_epoch_end(runner)
+        if self.schedule is not None:
+            self.schedule(self.epoch_step)
 
 
 class CSVLogger(dl.CSVLogger):
@@ -133,6 +159,26 @@ def train(model, train_loader, valid_loader, lr=1e-3, n_epochs=1, seed=42, log_d
     if runner.best.state_dict is None:
         raise InputError("--lr {}: training diverged, the validation loss was NaN in every epoch".format(lr))
     return runner.best
+
+
+def train_qat(model, optimizer, train_loader, valid_loader, n_epochs, seed, log_dir, hparams=None, penalty=None,
+              check=None, schedule=None, verbose=None):
+    """Train a QAT model (QatProcessor.trainable_model()) with `optimizer` on the MSE plus
+    `penalty()`, keeping the epoch with the lowest MSE on valid_loader (the quantized model's);
+    train.csv, valid.csv and hparams.json go into log_dir, an existing folder (the caller's,
+    written atomically as a whole). `check` and `schedule`: FFNRunner's.
+
+    Returns (Best, None), or (Best of the epochs before, Diverged) when the loss or a
+    parameter stopped being finite: the training stops there."""
+    if verbose is None:
+        verbose = on_terminal()
+    set_global_seed(seed)
+    runner = FFNRunner(optimizer, penalty=penalty, check=check, schedule=schedule)
+    try:
+        _run(runner, model, train_loader, valid_loader, log_dir, hparams, seed, n_epochs, verbose)
+    except Diverged as stopped:
+        return runner.best, stopped
+    return runner.best, None
 
 
 def _run(runner, model, train_loader, valid_loader, log_dir, hparams, seed, n_epochs, verbose):

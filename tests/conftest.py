@@ -12,16 +12,46 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from flow import kernels  # noqa: E402
+
+# Before any test imports torch: the golden cases were made with torch's CPU kernels
+# pinned, and the scripts the tests run inherit the same settings.
+kernels.pin()
+
+import platform  # noqa: E402
+
+import pytest  # noqa: E402
+
+# The golden files were made with x86-64's pinned kernels (ATen's scalar loops, MKL's
+# COMPATIBLE path): the same bits on any x86-64 CPU, but another architecture's float
+# kernels round differently. Tests that compare float bits with them mark themselves so.
+X86_GOLDEN = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                                reason="compares float bits with goldens made by x86-64 CPU kernels")
+
+
+def script_command(script):
+    """The command that runs `script`: a file of the repository ("run.py", "tools/benchmark.py")
+    or a module of its packages ("dpu.preflight", run with -m as compile.sh does)."""
+    if script.endswith(".py"):
+        return [sys.executable, os.path.join(REPO, script)]
+    return [sys.executable, "-m", script]
+
+
+def script_env():
+    """The environment for script_command: a package module needs the repository on the path."""
+    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
 
 def run_script(script, *args, cwd=None, timeout=600):
-    """Run REPO/script with this Python and the given arguments; return the CompletedProcess.
+    """Run `script` (see script_command) with this Python and the given arguments; return the
+    CompletedProcess.
 
     stdout and stderr are captured as text. `cwd` defaults to the repository, so
     pass a temporary folder when the script's default output paths must not be used.
     """
-    command = [sys.executable, os.path.join(REPO, script)] + [str(arg) for arg in args]
+    command = script_command(script) + [str(arg) for arg in args]
     return subprocess.run(command, cwd=cwd or REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=timeout)
+                          universal_newlines=True, timeout=timeout, env=script_env())
 
 
 def assert_clean_error(result, *must_contain):

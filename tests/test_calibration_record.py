@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from checked_io import load_torch_file
+from flow.checked_io import load_torch_file
 from conftest import assert_clean_error, run_script, snapshot
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
@@ -67,7 +67,8 @@ def test_the_record_says_what_was_calibrated(calibrated):
     assert record["checkpoint_sha256"] == digest
     assert (record["input_size"], record["data"], record["rows"]) == (2, os.path.join("data", "test.npy"), 1000)
     assert (record["batch_size"], record["subset_len"], record["fast_finetune"]) == (64, None, False)
-    assert record["nndct_options"] == {"nndct_param_corr": True}
+    assert record["nndct_options"] == {"nndct_param_corr": True, "nndct_param_corr_rate": 0.05}
+    assert (record["backend"], record["release"]) == ("builtin", "3.5")
     # quant_info.json stays the quantizer's own text
     assert "checkpoint" not in json.loads((calibrated / "quantize_result" / "quant_info.json").read_text())
 

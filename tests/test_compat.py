@@ -15,8 +15,8 @@ import zipfile
 import pytest
 import torch
 
-import checked_io
-from checked_io import InputError, load_torch_file
+from flow import checked_io
+from flow.checked_io import InputError, load_torch_file
 from conftest import REPO
 
 # The dockers' Python, torch, numpy and protobuf: 2.5 (the last with DPUCADF8H) and 3.5
@@ -25,13 +25,14 @@ DOCKERS = {
     "vitis-ai-3.5": ("3.8", {"torch": "1.13.1", "numpy": "1.22.4", "protobuf": "3.20.3"}),
 }
 PINNED = ("torch", "numpy", "protobuf")
+PACKAGES = ("vaiq", "dpu", "flow", "quantization", "tools")
 
 
 # ---------------------------------------------------------------- Python 3.7 syntax
 
 def project_python_files():
-    files = glob.glob(os.path.join(REPO, "*.py")) + glob.glob(os.path.join(REPO, "vaiq", "*.py")) + \
-        glob.glob(os.path.join(REPO, "tests", "*.py"))
+    files = glob.glob(os.path.join(REPO, "*.py")) + glob.glob(os.path.join(REPO, "tests", "*.py")) + \
+        [path for package in PACKAGES for path in glob.glob(os.path.join(REPO, package, "*.py"))]
     assert len(files) > 20
     return sorted(files)
 

@@ -3,7 +3,9 @@ then the subgraphs of what it wrote.
 
 vai_c_xir exists only in the Vitis AI docker; here small stand-in scripts on PATH
 play it: one that compiles (it writes a file of tests/fixtures/golden/compiled/),
-the known failures, and the (Pdb) prompt of Vitis AI 1.3.
+the known failures, and the (Pdb) prompt of Vitis AI 1.3. Each records the exact argv
+it got: a batch-1 xmodel for DPUCADF8H comes with --options '{"input_shape": "4,2"}'
+(Xilinx's DPUCADF8H README), a batch-4 one without.
 """
 import json
 import os
@@ -17,22 +19,27 @@ import numpy as np
 import pytest
 from conftest import REPO, assert_clean_error, run_script, snapshot
 
-import dpu_targets
-import preflight
-from checked_io import InputError
-from vaiq.xmodel import read_graph, read_xmodel, serialize_graph, write_xmodel
+from dpu import targets as dpu_targets
+from dpu import preflight
+from flow.checked_io import InputError
+from dpu.xmodel import read_graph, read_xmodel, serialize_graph, write_xmodel
 
 COMPILE = os.path.join(REPO, "compile.sh")
 GOLDEN_ROOT = os.path.join(REPO, "tests", "fixtures", "golden")
-# The batch-4 deploy of p1's model: what DPUCADF8H compiles.
+# The batch-4 deploy of p1's model: what DPUCADF8H compiles as it is.
 GOLDEN = os.path.join(GOLDEN_ROOT, "p4_trained_in2_deploy4")
 GOLDEN_RESULT = os.path.join(GOLDEN, "expected", "quantize_result")
-BATCH_1_XMODEL = os.path.join(GOLDEN_ROOT, "p1_trained_in2", "expected", "quantize_result", "FFN_int.xmodel")
+# p1's batch-1 deploy, as vai_q_pytorch wants to export: DPUCADF8H compiles it with --options.
+GOLDEN_1 = os.path.join(GOLDEN_ROOT, "p1_trained_in2")
+BATCH_1_XMODEL = os.path.join(GOLDEN_1, "expected", "quantize_result", "FFN_int.xmodel")
+INPUT_SHAPE_4 = '{"input_shape": "4,2"}'     # vai_c_xir's --options for p1's batch-1 xmodel
 COMPILED = os.path.join(GOLDEN_ROOT, "compiled")
 ON_DPU, ON_CPU = os.path.join(COMPILED, "FFN_qd_dpu.xmodel"), os.path.join(COMPILED, "FFN_qd_cpu.xmodel")
 
 DEPLOY_4 = ("deploy at batch 4: python vai_q_pytorch_quant.py --data_dir data --quant_mode test --deploy "
             "--deploy_batch 4 --batch_size 64")
+DEPLOY_1 = ("python vai_q_pytorch_quant.py --data_dir data --quant_mode test --deploy --deploy_batch 1 "
+            "--batch_size 64")
 
 # Bodies of the stand-in vai_c_xir (sh scripts). "{argv}" is the file that records the arguments,
 # "{compiled}" the file that "ok" writes as the compiled xmodel.
@@ -61,21 +68,33 @@ echo '{{}}' > "$out/meta.json"
 }
 
 
-@pytest.fixture
-def project(tmp_path):
-    """A project folder with a golden batch-4 deploy output, its data as data/test.npy and an arch.json."""
-    result = tmp_path / "quantize_result"
+def make_project(folder, golden):
+    """`folder` with a golden deploy output, its data as data/test.npy and an arch.json."""
+    result = folder / "quantize_result"
     result.mkdir()
-    shutil.copy(os.path.join(GOLDEN_RESULT, "FFN_int.xmodel"), str(result))
+    golden_result = os.path.join(golden, "expected", "quantize_result")
+    shutil.copy(os.path.join(golden_result, "FFN_int.xmodel"), str(result))
     dumps = "deploy_check_data_int"
-    shutil.copytree(os.path.join(GOLDEN_RESULT, dumps), str(result / dumps))
-    (tmp_path / "data").mkdir()
-    # The golden deploy ran on rows 0 to 3 of calib.npy.
-    shutil.copy(os.path.join(GOLDEN, "calib.npy"), str(tmp_path / "data" / "test.npy"))
-    arch = tmp_path / "arch" / "arch.json"
+    shutil.copytree(os.path.join(golden_result, dumps), str(result / dumps))
+    (folder / "data").mkdir()
+    # The golden deploy ran on the first rows of calib.npy.
+    shutil.copy(os.path.join(golden, "calib.npy"), str(folder / "data" / "test.npy"))
+    arch = folder / "arch" / "arch.json"
     arch.parent.mkdir()
     arch.write_text(json.dumps({"target": "DPUCADF8H"}))
-    return tmp_path
+    return folder
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project folder with the golden batch-4 deploy output (p4)."""
+    return make_project(tmp_path, GOLDEN)
+
+
+@pytest.fixture
+def project_1(tmp_path):
+    """A project folder with the golden batch-1 deploy output (p1), as vai_q_pytorch exports."""
+    return make_project(tmp_path, GOLDEN_1)
 
 
 def compile_command(cwd, *args, compiler=None, env=None, compiled=ON_DPU):
@@ -145,6 +164,152 @@ def test_good_run(project):
         "  subgraph_FFN__FFN_Linear_l1__ret_1: DPU, 21 ops",
         "compiled: {}".format(net)]
     assert {"NET.xmodel", "md5sum.txt", "meta.json"} <= set(os.listdir(str(project / "out")))
+    # The findings are kept beside the compiler's output.
+    assert (project / "out" / "preflight.txt").read_text().splitlines() == findings
+    assert not [name for name in os.listdir(str(project / "out")) if name.startswith(".")]
+
+
+def argv_of_the_compiler(project):
+    return (project / "argv.txt").read_text().splitlines()
+
+
+@pytest.mark.parametrize("arch", [
+    ("opt/DPUCADF8H/U200/arch.json", {}),
+    ("arch/isa.json", {"target": "DPUCADF8H_ISA0"}),
+    ("arch/fingerprint.json", {"fingerprint": "0x700000000000000"}),
+], ids=["path", "arch.json target", "fingerprint"])
+def test_a_batch_1_xmodel_gets_the_input_shape_of_batch_4(project_1, arch):
+    """Xilinx's DPUCADF8H README: --options '{"input_shape": "4,..."}' for a model whose batch is not 4."""
+    arch = write_arch(project_1, *arch)
+    args = compile_args(project_1, arch=arch)
+    run = run_compile(project_1, *args, compiler="ok")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert argv_of_the_compiler(project_1) == [
+        "-x", str(args[0]), "-a", str(arch), "-n", "NET", "-o", str(args[3]), "--options", INPUT_SHAPE_4]
+    findings = finding_lines(run.stdout)
+    assert [line.split(":")[0] for line in findings] == ["ok"] * 7, run.stdout
+    assert "batch 1, ops" in findings[0]
+    assert findings[3] == "ok: batch 1: vai_c_xir gets --options '{}', the batch DPUCADF8H compiles " \
+                          "(Xilinx's DPUCADF8H README)".format(INPUT_SHAPE_4)
+    assert findings[6].endswith("match the integer reference on row 0")
+    assert "-o {} --options '{}' (time limit".format(args[3], INPUT_SHAPE_4) in run.stdout
+    assert run.stdout.splitlines()[-1] == "compiled: {}".format(project_1 / "out" / "NET.xmodel")
+
+
+@pytest.mark.parametrize("golden, compile_options, expected", [
+    (GOLDEN_1, '{"mode": "debug"}', '{"input_shape": "4,2", "mode": "debug"}'),
+    (GOLDEN_1, '{"input_shape": "4,2,1", "mode": "debug"}', '{"input_shape": "4,2,1", "mode": "debug"}'),
+    (GOLDEN, '{"mode": "debug", "n": [1, 2]}', '{"mode": "debug", "n": [1, 2]}'),
+    (GOLDEN, '  {}  ', None),
+    (GOLDEN_1, '', INPUT_SHAPE_4),          # set but empty: as if unset
+], ids=["batch 1 + user's", "user's input_shape wins", "batch 4: the user's only", "empty object", "empty"])
+def test_compile_options_are_merged_and_passed_through(tmp_path, golden, compile_options, expected):
+    project = make_project(tmp_path, golden)
+    args = compile_args(project)
+    run = run_compile(project, *args, compiler="ok", env={"COMPILE_OPTIONS": compile_options})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert argv_of_the_compiler(project) == ["-x", str(args[0]), "-a", str(args[1]), "-n", "NET", "-o", str(args[3])] \
+        + (["--options", expected] if expected else [])
+    if "input_shape" in compile_options:
+        assert "ok: batch 1: vai_c_xir gets COMPILE_OPTIONS's input_shape \"4,2,1\" (DPUCADF8H compiles batch 4: " \
+               "Xilinx's DPUCADF8H README)" in run.stdout
+
+
+def test_compile_options_go_to_other_dpus_too(project_1):
+    arch = write_arch(project_1, "arch/zcu102.json", {"target": "DPUCZDX8G_ISA1_B4096"})
+    args = compile_args(project_1, arch=arch)
+    run = run_compile(project_1, *args, compiler="ok")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert argv_of_the_compiler(project_1) == ["-x", str(args[0]), "-a", str(arch), "-n", "NET", "-o", str(args[3])]
+    run = run_compile(project_1, *args, compiler="ok", env={"COMPILE_OPTIONS": '{"mode": "debug"}'})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert argv_of_the_compiler(project_1)[-2:] == ["--options", '{"mode": "debug"}']
+
+
+@pytest.mark.parametrize("compile_options, problem", [
+    ("input_shape=4,2", "not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+    ('{"input_shape": "4,2"', "not valid JSON (Expecting ',' delimiter"),
+    ("{'input_shape': '4,2'}", "not valid JSON (Expecting property name enclosed in double quotes"),
+    ('["input_shape", "4,2"]', "an array in JSON, not an object"),
+    ('"4,2"', "a string in JSON, not an object"),
+    ("4", "a number in JSON, not an object"),
+    ("[" * 100000, "not valid JSON (nested too deeply)"),
+], ids=["words", "unclosed", "single quotes", "array", "string", "number", "deep"])
+@pytest.mark.parametrize("compiler", ["ok", None], ids=["with vai_c_xir", "without"])
+def test_bad_compile_options_are_refused_before_anything(project, compile_options, problem, compiler):
+    out = project / "out"
+    out.mkdir()
+    (out / "preflight.txt").write_text("an earlier report\n")
+    (out / "NET.xmodel").write_text("an earlier compiled xmodel")
+    before = snapshot(str(project))
+    run = run_compile(project, *compile_args(project), compiler=compiler, env={"COMPILE_OPTIONS": compile_options})
+    assert_fails(run, 2, "COMPILE_OPTIONS '", problem, """expected a JSON object such as '{"input_shape": "4,2"}'""")
+    assert run.stdout == ""
+    after = snapshot(str(project))
+    after.pop("bin", None)                  # the stand-in compiler, written by run_compile
+    after.pop("bin/vai_c_xir", None)
+    assert after == before          # the compiler did not run (no argv.txt), nothing written
+    # Without an OUTPUT_DIR before, none is left behind either.
+    run = run_compile(project, *compile_args(project)[:3], project / "new_out", compiler=compiler,
+                      env={"COMPILE_OPTIONS": compile_options})
+    assert_fails(run, 2, "COMPILE_OPTIONS")
+    assert not (project / "new_out").exists()
+
+
+def test_other_batches_are_refused_for_dpucadf8h_with_both_routes(project):
+    model = read_xmodel(os.path.join(GOLDEN_RESULT, "FFN_int.xmodel"))
+    model.batch = 2
+    xmodel = project / "batch2.xmodel"
+    write_xmodel(model, str(xmodel))
+    run = run_compile(project, *compile_args(project, xmodel=xmodel), compiler="ok")
+    assert_refused(run, str(xmodel), "batch 2, but DPUCADF8H needs batch 4",
+                   "assigns every op of another batch to the CPU",
+                   "deploy at batch 1, which vai_c_xir then gets as batch 4 with --options '{}' (Xilinx's DPUCADF8H "
+                   "README): {}".format(INPUT_SHAPE_4, DEPLOY_1), "or " + DEPLOY_4)
+    assert not (project / "argv.txt").exists()
+
+
+def test_help(project):
+    for flag in ("--help", "-h"):
+        run = run_compile(project, flag, compiler="ok")
+        assert run.returncode == 0 and run.stderr == "", run.stdout + run.stderr
+        text = run.stdout
+        assert text.startswith("Stage 4: compile the quantized network for a DPU with vai_c_xir")
+        assert "Usage: bash compile.sh [XMODEL] [ARCH] [NET_NAME] [OUTPUT_DIR]" in text
+        for words in ("(default quantize_result/FFN_int.xmodel)", "(default DPUCADF8H)", "(default FFN_qd)",
+                      "(default compile_output)", "COMPILE_DATA ", "COMPILE_OPTIONS ", "COMPILE_TIMEOUT ",
+                      "PY ", "(default 600)", "Exit codes:", "  3  no vai_c_xir on PATH", "--options"):
+            assert words in text, words
+        assert "#" not in text.replace("# ", "")[:0]  # the comment marks are gone
+        assert not [line for line in text.splitlines() if line.startswith("#")]
+        assert "ok:" not in text and not (project / "argv.txt").exists() and not (project / "compile_output").exists()
+    # Also after other words, and without any Python or compiler to find.
+    run = run_compile(project, "my.xmodel", "-h", env={"PY": "no-such-python"})
+    assert run.returncode == 0 and "Usage: bash compile.sh" in run.stdout
+
+
+def test_an_unknown_option_is_refused(project):
+    assert_refused(run_compile(project, "--xmodel", "a.xmodel", compiler="ok"), "unknown option '--xmodel'",
+                   "compile.sh --help")
+
+
+@pytest.mark.parametrize("name", ["DPUCADF8", "DPUCADF8HH", "dpucadf9h", "U250"])
+def test_an_unknown_dpu_name_is_refused_with_the_known_ones(project, name):
+    run = run_compile(project, project / "quantize_result" / "FFN_int.xmodel", name)
+    assert_refused(run, "{}: unknown DPU name; the known ones, closest first: ".format(name),
+                   "(or pass the path of an arch.json)")
+    known = run.stderr.split("closest first: ")[1].split(" (or")[0].split(", ")
+    assert sorted(known) == sorted(dpu_targets.KNOWN_DPUS)
+    if name != "U250":
+        assert known[0] == "DPUCADF8H"
+    assert "FAIL: {}: unknown DPU name".format(name) in run.stdout
+    assert "batch" not in run.stderr and "ok: batch" not in run.stdout and "FAIL: " + str(project) not in run.stdout
+
+
+def test_known_dpu_names_in_any_case_pass_outside_the_docker(project_1):
+    for name in ("DPUCZDX8G", "dpuczdx8g", "dpucadf8h"):
+        run = run_compile(project_1, project_1 / "quantize_result" / "FFN_int.xmodel", name)
+        assert run.returncode == 3, run.stdout + run.stderr
 
 
 def test_a_compiled_graph_without_dpu_subgraph_fails(project):
@@ -160,13 +325,31 @@ def test_a_compiled_graph_without_dpu_subgraph_fails(project):
     assert snapshot(str(project / "quantize_result")) == before
 
 
+ROUTES = ("the two routes to batch 4: vai_c_xir --options '{}' (Xilinx's DPUCADF8H README; compile.sh passes it "
+          "for a batch-1 xmodel, though one user found it did not take with Vitis AI 2.0, Vitis-AI #683)".format(
+              INPUT_SHAPE_4), "or " + DEPLOY_4)
+
+
+def test_no_dpu_subgraph_of_a_batch_1_xmodel_names_both_routes(project_1):
+    """What the DPUCADF8H compiler of Vitis AI 1.4 to 2.5 makes of a batch-1 xmodel (#518), if the
+    --options input_shape did not take (#683): both routes to batch 4 are named."""
+    run = run_compile(project_1, *compile_args(project_1), compiler="ok", compiled=ON_CPU)
+    assert argv_of_the_compiler(project_1)[-2:] == ["--options", INPUT_SHAPE_4]
+    assert_fails(run, 1, str(project_1 / "out" / "NET.xmodel"), "no DPU subgraph",
+                 "the xmodel has batch 1, and DPUCADF8H's compiler does that with any batch but 4", *ROUTES)
+    run = run_compile(project_1, *compile_args(project_1), compiler="ok", compiled=ON_CPU,
+                      env={"COMPILE_OPTIONS": '{"input_shape": "1,2"}'})
+    assert argv_of_the_compiler(project_1)[-2:] == ["--options", '{"input_shape": "1,2"}']
+    assert_fails(run, 1, *ROUTES, " (this run's COMPILE_OPTIONS gave input_shape \"1,2\")")
+
+
 def test_no_dpu_subgraph_of_a_batch_1_xmodel_is_explained_by_the_batch(project):
-    """What the DPUCADF8H compiler of Vitis AI 1.4 to 2.5 makes of a batch-1 xmodel (#518)."""
-    run = run_script("preflight.py", BATCH_1_XMODEL, "DPUCADF8H", "--compiled", ON_CPU, cwd=str(project))
+    """The same check as a command of its own."""
+    run = run_script("dpu.preflight", BATCH_1_XMODEL, "DPUCADF8H", "--compiled", ON_CPU, cwd=str(project))
     assert_fails(run, 1, ON_CPU, "no DPU subgraph", "the xmodel has batch 1, and DPUCADF8H's compiler does that "
-                 "with any batch but 4", DEPLOY_4)
+                 "with any batch but 4", *ROUTES)
     # Another DPU: no batch to blame.
-    run = run_script("preflight.py", BATCH_1_XMODEL, "DPUCZDX8G", "--compiled", ON_CPU, cwd=str(project))
+    run = run_script("dpu.preflight", BATCH_1_XMODEL, "DPUCZDX8G", "--compiled", ON_CPU, cwd=str(project))
     assert_fails(run, 1, "no DPU subgraph", "see the compiler's output for why")
     assert "batch" not in run.stderr
 
@@ -216,7 +399,7 @@ def test_an_unreadable_compiled_xmodel_fails(project, write, fragment):
 
 def test_a_missing_compiled_xmodel(project):
     missing = project / "none.xmodel"
-    run = run_script("preflight.py", BATCH_1_XMODEL, "DPUCADF8H", "--compiled", missing, cwd=str(project))
+    run = run_script("dpu.preflight", BATCH_1_XMODEL, "DPUCADF8H", "--compiled", missing, cwd=str(project))
     assert_fails(run, 2, str(missing), "xmodel file not found")
 
 
@@ -233,8 +416,11 @@ def test_dpu_name_resolves_to_its_arch_json(tmp_path):
     (tmp_path / "DPUCZDX8G" / "ZCU104" / "arch.json").write_text("{}")
     with pytest.raises(InputError, match=r"has 2 boards \(ZCU102, ZCU104\)"):
         preflight.resolve_arch("DPUCZDX8G", root)
-    with pytest.raises(InputError, match=r"no such DPU .*\(it has DPUCADF8H, DPUCZDX8G\)"):
+    with pytest.raises(InputError, match=r"no such DPU .*\(it has, closest first: DPUCADF8H, DPUCZDX8G\)"):
         preflight.resolve_arch("DPUCAHX8H", root)
+    # Inside the docker its folder decides, not the list of names
+    with pytest.raises(InputError, match=r"DPUCZDX8: no such DPU .*\(it has, closest first: DPUCZDX8G, DPUCADF8H\)"):
+        preflight.resolve_arch("DPUCZDX8", root)
 
 
 def test_no_compiler_runs_the_checks_with_the_defaults(project):
@@ -243,11 +429,32 @@ def test_no_compiler_runs_the_checks_with_the_defaults(project):
     assert_fails(run, 3, "vai_c_xir not found (expected outside the Vitis AI docker)",
                  "conda activate vitis-ai-pytorch")
     assert run.stderr.startswith("compile.sh: vai_c_xir not found") and "error" not in run.stderr
+    assert "the checks above ran (also in compile_output/preflight.txt)" in run.stderr
     findings = finding_lines(run.stdout)
     assert [line.split(":")[0] for line in findings] == ["ok", "ok", "skip", "ok", "ok", "ok", "ok"], run.stdout
     assert "quantize_result/FFN_int.xmodel parses" in findings[0]
     assert findings[2].startswith("skip: arch DPUCADF8H: /opt/vitis_ai/compiler/arch is not on this machine")
-    assert not (project / "compile_output").exists()
+    # The checks that ran are on disk, written aside and renamed: nothing else in the folder.
+    assert os.listdir(str(project / "compile_output")) == ["preflight.txt"]
+    assert (project / "compile_output" / "preflight.txt").read_text() == run.stdout
+
+
+def test_a_failed_preflight_keeps_its_report(project):
+    xmodel = project / "no_fix_point.xmodel"
+    write_changed_graph(xmodel, lambda ops: ops["FFN__input_0_fix"].op_attr.pop("fix_point"))
+    (project / "out").mkdir()
+    (project / "out" / "preflight.txt").write_text("an earlier report\n")
+    run = run_compile(project, *compile_args(project, xmodel=xmodel), compiler="ok")
+    assert_refused(run, "fix_point")
+    report = (project / "out" / "preflight.txt").read_text()
+    assert report == run.stdout and "FAIL: {}".format(xmodel) in report
+    assert os.listdir(str(project / "out")) == ["preflight.txt"]
+
+
+def test_an_output_dir_that_cannot_be_made_is_refused_without_compiler(project):
+    (project / "afile").write_text("")
+    run = run_compile(project, project / "quantize_result" / "FFN_int.xmodel", "DPUCADF8H", "NET", project / "afile")
+    assert_refused(run, "afile: cannot create the output folder")
 
 
 def test_pdb_prompt_ends_because_stdin_is_closed(project):
@@ -379,27 +586,11 @@ def write_arch(project, relative, content):
     return arch
 
 
-@pytest.mark.parametrize("name, arch", [
-    ("path", ("opt/DPUCADF8H/U200/arch.json", {})),
-    ("arch.json target", ("arch/isa.json", {"target": "DPUCADF8H_ISA0"})),
-    ("fingerprint", ("arch/fingerprint.json", {"fingerprint": "0x700000000000000"})),
-])
-def test_dpucadf8h_refuses_batch_1_by_its_path_target_or_fingerprint(project, name, arch):
-    if isinstance(arch, tuple):
-        arch = write_arch(project, *arch)
-    xmodel = project / "batch1.xmodel"
-    shutil.copy(BATCH_1_XMODEL, str(xmodel))
-    run = run_compile(project, *compile_args(project, xmodel=xmodel, arch=arch), compiler="ok")
-    assert_refused(run, str(xmodel), "batch 1, but DPUCADF8H needs batch 4",
-                   "assigns every op of another batch to the CPU", "no DPU subgraph", DEPLOY_4)
-    assert "FAIL: {}: batch 1, but DPUCADF8H needs batch 4".format(xmodel) in run.stdout
-
-
-def test_dpucadf8h_refuses_batch_1_by_its_dpu_name_outside_the_docker(project):
-    xmodel = project / "batch1.xmodel"
-    shutil.copy(BATCH_1_XMODEL, str(xmodel))
-    run = run_compile(project, xmodel)
-    assert_refused(run, "batch 1, but DPUCADF8H needs batch 4", DEPLOY_4)
+def test_dpucadf8h_takes_batch_1_by_its_dpu_name_outside_the_docker(project_1):
+    run = run_compile(project_1)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "ok: batch 1: vai_c_xir gets --options '{}', the batch DPUCADF8H compiles".format(INPUT_SHAPE_4) \
+        in run.stdout
     assert "skip: arch DPUCADF8H: /opt/vitis_ai/compiler/arch is not on this machine" in run.stdout
 
 
@@ -408,9 +599,11 @@ def test_other_dpus_compile_batch_1_only(project):
     run = run_compile(project, *compile_args(project, arch=arch), compiler="ok")
     assert_refused(run, str(project / "quantize_result" / "FFN_int.xmodel"),
                    "batch 4, but this DPU compiles batch 1 only", "deploy at batch 1:", "--deploy_batch 1")
-    run = run_compile(project, *compile_args(project, xmodel=BATCH_1_XMODEL, arch=arch), compiler="ok")
+    args = compile_args(project, xmodel=BATCH_1_XMODEL, arch=arch)
+    run = run_compile(project, *args, compiler="ok")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "ok: batch 1, the batch this DPU's compiler takes" in run.stdout
+    assert argv_of_the_compiler(project) == ["-x", BATCH_1_XMODEL, "-a", str(arch), "-n", "NET", "-o", str(args[3])]
 
 
 def test_target_table():
@@ -422,6 +615,11 @@ def test_target_table():
     assert dpu_targets.by_fingerprint("0x1000020F6014407") is None
     assert dpu_targets.by_fingerprint("not a number") is None
     assert [dpu_targets.required_batch(t) for t in (dpu_targets.DPUCADF8H, dpu_targets.DPUCADX8G, None)] == [4, 1, 1]
+    assert dpu_targets.DPUCADF8H.batch_option and not dpu_targets.DPUCADX8G.batch_option
+    assert dpu_targets.batch_options(dpu_targets.DPUCADF8H, 1, 2) == {"input_shape": "4,2"}
+    assert dpu_targets.batch_options(dpu_targets.DPUCADF8H, 4, 2) == {}
+    assert dpu_targets.batch_options(None, 1, 2) == {}
+    assert "DPUCADF8H" in dpu_targets.KNOWN_DPUS and "DPUCZDX8G" in dpu_targets.KNOWN_DPUS
     assert dpu_targets.DPUCADF8H.arch_path() == "/opt/vitis_ai/compiler/arch/DPUCADF8H/U250/arch.json"
 
 
@@ -519,7 +717,7 @@ def test_a_python_without_the_packages_says_how_to_set_up(project, tmp_path):
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     shutil.copy(COMPILE, str(checkout))
-    for name in ("preflight.py", "simulate.py", "checked_io.py", "dpu_targets.py", "vaiq"):
+    for name in ("dpu", "flow"):
         os.symlink(os.path.join(REPO, name), str(checkout / name))
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -554,7 +752,7 @@ LAYERS = os.path.join(REPO, "tests", "fixtures", "golden", "layers")
 
 @pytest.mark.parametrize("case, activation", [("V1", "leaky-relu"), ("V3b", "relu6"), ("V0", "relu")])
 def test_dpucadf8h_engines_take_the_activations(case, activation, capsys):
-    import dpu_targets
+    from dpu import targets as dpu_targets
     folder = os.path.join(LAYERS, case, "expected", "quantize_result")
     xmodel = os.path.join(folder, next(f for f in os.listdir(folder) if f.endswith(".xmodel")))
     report = engine_findings(xmodel, dpu_targets.DPUCADF8H)
@@ -565,7 +763,7 @@ def test_dpucadf8h_engines_take_the_activations(case, activation, capsys):
 def test_an_activation_without_an_engine_fails_and_scale_is_left_to_the_compiler(capsys):
     import dataclasses
 
-    import dpu_targets
+    from dpu import targets as dpu_targets
     xmodel = os.path.join(LAYERS, "V5", "expected", "quantize_result", "FFN_V5_int.xmodel")
     assert engine_findings(xmodel, dpu_targets.DPUCADF8H).failures == []
     out = capsys.readouterr().out

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from model import FFN
-from vaiq import dpu, torch_quantizer
+from dpu import reference
+from vaiq import torch_quantizer
 from vaiq.legalize import check_positions
-from vaiq.xmodel import read_xmodel
+from dpu.xmodel import read_xmodel
 
 N_CASES = 16
 
@@ -85,16 +86,16 @@ def test_random_case(seed, tmp_path, monkeypatch):
     # The integer reference of the xmodel alone gives the test-mode outputs, every row,
     # but where the quantizer turned an input beyond int32 into -128 (the DPU saturates).
     model = read_xmodel(str(out / "FFN_int.xmodel"))
-    reference = dpu.outputs(model, case["x"])
+    int_outputs = reference.outputs(model, case["x"])
     overflow = np.zeros(len(case["x"]), dtype=bool)
-    overflow[dpu.int32_overflow_rows(case["x"], model.fp_in)] = True
-    differ = (reference != case["test_out"]).any(axis=1)
+    overflow[reference.int32_overflow_rows(case["x"], model.fp_in)] = True
+    differ = (int_outputs != case["test_out"]).any(axis=1)
     assert not (differ & ~overflow).any(), np.flatnonzero(differ & ~overflow)
-    assert np.array_equal(reference[~overflow].view(np.uint32), case["test_out"][~overflow].view(np.uint32))
+    assert np.array_equal(int_outputs[~overflow].view(np.uint32), case["test_out"][~overflow].view(np.uint32))
 
     # Every deploy dump, byte for byte, from the xmodel alone.
     folder = out / "deploy_check_data_int" / "FFN"
-    dumps = dpu.deploy_dumps(model, case["deploy_rows"])
+    dumps = reference.deploy_dumps(model, case["deploy_rows"])
     assert sorted(dumps) == sorted(f for f in os.listdir(str(folder)) if f.endswith(".bin"))
     for name, array in dumps.items():
         assert (folder / name).read_bytes() == array.tobytes(), name

@@ -11,9 +11,9 @@ import pytest
 
 from test_quantizer_golden import CASES as GOLDEN_CASES
 from test_quantizer_golden import case_info, deployed_outputs, expected
-from vaiq import dpu
-from vaiq.int_model import IntLayer, IntModel
-from vaiq.xmodel import read_xmodel
+from dpu import reference
+from dpu.int_model import IntLayer, IntModel
+from dpu.xmodel import read_xmodel
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "golden")
 CASES = ["p1_trained_in2", "p2_trained_in2_nocorr", "p3_random_in4"]
@@ -68,7 +68,7 @@ def golden_features(case, n):
 @pytest.mark.parametrize("case", CASES)
 def test_golden_test_outputs_exact(case):
     model = golden_int_model(case)
-    got = dpu.outputs(model, golden_features(case, model.input_size))
+    got = reference.outputs(model, golden_features(case, model.input_size))
     expected = np.load(os.path.join(GOLDEN, case, "expected", "test_outputs.npy"))
     assert got.dtype == np.float32 and got.shape == expected.shape
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
@@ -77,10 +77,10 @@ def test_golden_test_outputs_exact(case):
 @pytest.mark.parametrize("case", CASES)
 def test_golden_deploy_dumps_exact(case):
     model = golden_int_model(case)
-    dumps = dpu.deploy_dumps(model, golden_features(case, model.input_size)[0])
+    dumps = reference.deploy_dumps(model, golden_features(case, model.input_size)[0])
     folder_bins = sorted(f for f in os.listdir(dump_dir(case)) if f.endswith(".bin"))
     assert sorted(dumps) == folder_bins
-    checks = dpu.compare_dumps(dumps, dump_dir(case))
+    checks = reference.compare_dumps(dumps, dump_dir(case))
     assert [c.describe() for c in checks if not c.ok] == []
     assert len(checks) == len(folder_bins) == 22
     # Byte for byte, too: no -0.0 and the same dtypes as the files.
@@ -96,9 +96,9 @@ def test_golden_xmodel_alone_gives_the_deployed_outputs_and_every_dump(case):
     model = read_xmodel(expected(case, "quantize_result", "FFN_int.xmodel"))
     assert model.batch == case_info(case).get("deploy_batch", 1)
     x = golden_features(case, model.input_size).astype(np.float32)
-    got = dpu.outputs(model, x)
+    got = reference.outputs(model, x)
     assert got.tobytes() == deployed_outputs(case, x).tobytes()
-    dumps = dpu.deploy_dumps(model, x[:model.batch])
+    dumps = reference.deploy_dumps(model, x[:model.batch])
     folder = expected(case, "quantize_result", "deploy_check_data_int", "FFN")
     assert sorted(dumps) == sorted(f for f in os.listdir(folder) if f.endswith(".bin"))
     for name, array in dumps.items():
@@ -109,7 +109,7 @@ def test_golden_xmodel_alone_gives_the_deployed_outputs_and_every_dump(case):
 def test_compare_dumps_reports_each_problem(tmp_path):
     case = CASES[0]
     model = golden_int_model(case)
-    dumps = dpu.deploy_dumps(model, golden_features(case, model.input_size)[0])
+    dumps = reference.deploy_dumps(model, golden_features(case, model.input_size)[0])
     folder = str(tmp_path / "FFN")
     shutil.copytree(dump_dir(case), folder)
     fix = os.path.join(folder, "FFN__FFN_ret_3_fix.bin")
@@ -120,7 +120,7 @@ def test_compare_dumps_reports_each_problem(tmp_path):
     with open(os.path.join(folder, "FFN__l2_weight.bin"), "ab") as f:
         f.write(b"\0")
     open(os.path.join(folder, "FFN__stray.bin"), "wb").close()
-    bad = {c.name: c for c in dpu.compare_dumps(dumps, folder) if not c.ok}
+    bad = {c.name: c for c in reference.compare_dumps(dumps, folder) if not c.ok}
     assert sorted(bad) == ["FFN__FFN_ret_3_fix.bin", "FFN__l1_bias.bin",
                            "FFN__l2_weight.bin", "FFN__stray.bin"]
     assert (bad["FFN__FFN_ret_3_fix.bin"].n_mismatch, bad["FFN__FFN_ret_3_fix.bin"].max_diff) == (1, 3)
@@ -136,10 +136,10 @@ def round_half_up(v):
 
 
 def clamp8(q):
-    return max(dpu.Q_MIN, min(dpu.Q_MAX, q))
+    return max(reference.Q_MIN, min(reference.Q_MAX, q))
 
 
-def reference(model, x_float):
+def fraction_reference(model, x_float):
     """Fractions: each tensor rounded once at its own position; the pre-activations."""
     fp = model.fp_in
     h = [[clamp8(round_half_up(Fraction(float(v)) * Fraction(2) ** fp)) for v in row]
@@ -217,13 +217,13 @@ def test_random_models_match_fraction_reference():
     for _ in range(150):
         model = random_model(rng)
         x = random_inputs(rng, model)
-        trace = dpu.run(model, x)
-        outs, pres = reference(model, x)
+        trace = reference.run(model, x)
+        outs, pres = fraction_reference(model, x)
         assert trace.output.tolist() == outs
         for layer_trace, pre in zip(trace.layers, pres):
             assert exact_pre(layer_trace) == pre
         negative_shift_bias += sum(
-            dpu.shift_bias(i, layer.fp_w, layer.fp_b) < 0
+            reference.shift_bias(i, layer.fp_w, layer.fp_b) < 0
             for layer, i in zip(model.layers, model.input_positions()))
     assert negative_shift_bias > 50
 
@@ -233,15 +233,15 @@ def test_random_models_match_fraction_reference():
 def test_round_shift_half_up_ties_and_exact_shifts():
     totals = np.array([5, -5, 3, -3, 4, -4, 7, -7], dtype=np.int64)
     # x / 2: 2.5 -> 3, -2.5 -> -2, 1.5 -> 2, -1.5 -> -1, exact values stay, 3.5 -> 4, -3.5 -> -3
-    assert dpu.round_shift_half_up(totals, 1).tolist() == [3, -2, 2, -1, 2, -2, 4, -3]
-    assert dpu.round_shift_half_up(totals, 0).tolist() == totals.tolist()
-    assert dpu.round_shift_half_up(totals, -2).tolist() == (totals * 4).tolist()
+    assert reference.round_shift_half_up(totals, 1).tolist() == [3, -2, 2, -1, 2, -2, 4, -3]
+    assert reference.round_shift_half_up(totals, 0).tolist() == totals.tolist()
+    assert reference.round_shift_half_up(totals, -2).tolist() == (totals * 4).tolist()
 
 
 @pytest.mark.parametrize("fp", [-3, 0, 5, 12])
 def test_input_ties_round_half_up(fp):
     values = np.array([2.5, -2.5, 0.5, -0.5, 1.5, -1.5, 126.5, -127.5]) * 2.0 ** -fp
-    assert dpu.quantize_input(values, fp).tolist() == [3, -2, 1, 0, 2, -1, 127, -127]
+    assert reference.quantize_input(values, fp).tolist() == [3, -2, 1, 0, 2, -1, 127, -127]
 
 
 @pytest.mark.parametrize("fp", [-3, 0, 6, 12])
@@ -251,22 +251,22 @@ def test_input_just_below_half(fp):
 
     # 0.5 - 2^-25, its negative, -0.5 - 2^-25, 3.5 - 2^-22, -2.5 - 2^-22
     x = np.array([below(0.5), -below(0.5), below(-0.5), below(3.5), below(-2.5)])
-    assert dpu.quantize_input(x * np.float32(2.0 ** -fp), fp).tolist() == [0, 0, -1, 3, -3]
+    assert reference.quantize_input(x * np.float32(2.0 ** -fp), fp).tolist() == [0, 0, -1, 3, -3]
     # A float64 just below .5 is not a float32: the network input becomes 0.5, a tie.
-    assert dpu.quantize_input([np.nextafter(0.5, 0) * 2.0 ** -fp], fp).tolist() == [1]
+    assert reference.quantize_input([np.nextafter(0.5, 0) * 2.0 ** -fp], fp).tolist() == [1]
 
 
 def test_input_saturates_both_sides():
     x = np.array([127.49, 127.5, 1e30, np.inf, -128.5, -128.51, -1e30, -np.inf]) * 2.0 ** -4
-    assert dpu.quantize_input(x, 4).tolist() == [127, 127, 127, 127, -128, -128, -128, -128]
+    assert reference.quantize_input(x, 4).tolist() == [127, 127, 127, 127, -128, -128, -128, -128]
 
 
 def test_negative_shift_bias_adds_the_bias_exactly():
     # acc 1 at position 1 (0.5), bias -1 at position 2 (-0.25): 0.25 at position 0 is 0.
     # Rounding the bias to the accumulator first (-0.25 -> 0) would give 0.5 -> 1.
     model = one_layer_model([[1]], [-1], fp_in=0, fp_w=1, fp_b=2, fp_out=0)
-    assert dpu.shift_bias(0, 1, 2) == -1
-    assert dpu.run(model, [[1.0]]).output.tolist() == [[0]]
+    assert reference.shift_bias(0, 1, 2) == -1
+    assert reference.run(model, [[1.0]]).output.tolist() == [[0]]
 
 
 @pytest.mark.parametrize("shift_bias", [-1, -3, -7, -12])
@@ -278,8 +278,8 @@ def test_negative_shift_bias_random_ints(shift_bias):
         model = one_layer_model(rng.integers(-128, 128, size=(8, 5)), rng.integers(-128, 128, size=8),
                                 fp_in, fp_w, fp_b, fp_out)
         x = rng.integers(-128, 128, size=(40, 5)) * 2.0 ** -fp_in
-        trace = dpu.run(model, x)
-        outs, pres = reference(model, x)
+        trace = reference.run(model, x)
+        outs, pres = fraction_reference(model, x)
         assert trace.output.tolist() == outs
         assert exact_pre(trace.layers[0]) == pres[0]
 
@@ -287,48 +287,48 @@ def test_negative_shift_bias_random_ints(shift_bias):
 def test_shift_cut_zero_is_acc_plus_bias():
     # Output position = accumulator position: no rounding at all.
     model = one_layer_model([[3, -2]], [5], fp_in=1, fp_w=2, fp_b=3, fp_out=3)
-    assert dpu.shift_cut(1, 2, 3) == 0
+    assert reference.shift_cut(1, 2, 3) == 0
     x = np.array([[4, 7], [-9, 2]]) * 2.0 ** -1
-    assert dpu.run(model, x).output.tolist() == [[3 * 4 - 2 * 7 + 5], [3 * -9 - 2 * 2 + 5]]
+    assert reference.run(model, x).output.tolist() == [[3 * 4 - 2 * 7 + 5], [3 * -9 - 2 * 2 + 5]]
 
 
 def test_layer_output_saturates_both_sides():
     model = one_layer_model([[127, 127], [-128, -128]], [0, 0], fp_in=0, fp_w=0, fp_b=0, fp_out=0)
-    assert dpu.run(model, [[100.0, 100.0]]).output.tolist() == [[127, -128]]
+    assert reference.run(model, [[100.0, 100.0]]).output.tolist() == [[127, -128]]
 
 
 def test_relu_only_when_fused():
     weight, bias, x = [[1], [-1]], [0, 0], [[3.0]]
     plain = one_layer_model(weight, bias, fp_in=0, fp_w=0, fp_b=0, fp_out=0)
     fused = one_layer_model(weight, bias, fp_in=0, fp_w=0, fp_b=0, fp_out=0, relu=True)
-    assert dpu.run(plain, x).output.tolist() == [[3, -3]]
-    assert dpu.run(fused, x).output.tolist() == [[3, 0]]
+    assert reference.run(plain, x).output.tolist() == [[3, -3]]
+    assert reference.run(fused, x).output.tolist() == [[3, 0]]
     # -0.5 rounds half up to 0 before the ReLU; the pre-activation keeps the exact value.
     tie = one_layer_model([[-1]], [0], fp_in=0, fp_w=0, fp_b=0, fp_out=-1, relu=True)
-    trace = dpu.run(tie, [[1.0]])
+    trace = reference.run(tie, [[1.0]])
     assert trace.output.tolist() == [[0]] and trace.layers[0].pre_value().tolist() == [[-1.0]]
 
 
 def test_positions_too_far_apart_are_refused():
     model = one_layer_model([[1]], [1], fp_in=0, fp_w=0, fp_b=-60, fp_out=0)
     with pytest.raises(ValueError, match="layer l1: fix positions too far apart"):
-        dpu.run(model, [[1.0]])
+        reference.run(model, [[1.0]])
 
 
 def test_check_model_names_the_layer():
     model = one_layer_model([[1, 2]], [1], fp_in=0, fp_w=0, fp_b=0, fp_out=0)
     model.layers[0].bias = np.array([1, 2], dtype=np.int8)
     with pytest.raises(ValueError, match="layer l1: bias shape"):
-        dpu.check_model(model)
+        reference.check_model(model)
     model.layers[0].bias = np.array([1])
     model.layers[0].weight = np.array([[1, 300]])
     with pytest.raises(ValueError, match="layer l1: weight is not int8"):
-        dpu.check_model(model)
+        reference.check_model(model)
 
 
 def test_random_models_round_trip_through_the_xmodel(tmp_path):
     """Every op kind and activation, at batches 1 and 4: written, read back, the same model."""
-    from vaiq.xmodel import write_xmodel
+    from dpu.xmodel import write_xmodel
     rng = np.random.default_rng(7)
     kinds = set()
     for k in range(40):
@@ -347,5 +347,5 @@ def test_random_models_round_trip_through_the_xmodel(tmp_path):
                 (theirs.kind, theirs.activation, theirs.fp_w, theirs.fp_b, theirs.fp_out, theirs.name)
             assert np.array_equal(ours.weight, theirs.weight) and np.array_equal(ours.bias, theirs.bias)
         x = random_inputs(rng, model)
-        assert np.array_equal(dpu.outputs(back, x), dpu.outputs(model, x))
+        assert np.array_equal(reference.outputs(back, x), reference.outputs(model, x))
     assert len(kinds) == 8   # matmul and scale, each with no activation, relu, leaky-relu, relu6

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from checked_io import load_torch_file
+from flow.checked_io import load_torch_file
 from test_quantizer_golden import GOLDEN, run_quant
-from vaiq import dpu
+from dpu import reference
 from vaiq.legalize import check_positions
-from vaiq.xmodel import read_xmodel
+from dpu.xmodel import read_xmodel
+from conftest import X86_GOLDEN
+
+pytestmark = X86_GOLDEN
 
 CASE = "p1_trained_in2"
 
@@ -94,8 +97,8 @@ def test_test_mode_reproduces_the_calib_mode_finetuned_outputs(tmp_path):
 def test_deploy_of_a_finetuned_model_passes_the_integer_reference(results):
     x, _ = features_and_targets()
     model = read_xmodel(str(results / "ft" / "FFN_int.xmodel"))
-    assert dpu.outputs(model, x).tobytes() == np.load(str(results / "ft.npy")).tobytes()
-    checks = dpu.compare_dumps(dpu.deploy_dumps(model, x[0]),
+    assert reference.outputs(model, x).tobytes() == np.load(str(results / "ft.npy")).tobytes()
+    checks = reference.compare_dumps(reference.deploy_dumps(model, x[0]),
                                str(results / "ft" / "deploy_check_data_int" / "FFN"))
     assert [c.describe() for c in checks if not c.ok] == []
 
@@ -106,6 +109,6 @@ def test_fast_finetune_is_deterministic(results):
 
 
 def test_test_mode_fast_finetune_needs_a_finetuned_calibration(results, monkeypatch):
-    from checked_io import InputError
+    from flow.checked_io import InputError
     with pytest.raises(InputError, match="calibrated without --fast_finetune, this run is with it"):
         run_quant(monkeypatch, CASE, results / "default", "--quant_mode", "test", "--fast_finetune", "--evaluate")

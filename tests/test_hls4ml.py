@@ -15,9 +15,9 @@ import pytest
 from conftest import REPO, assert_clean_error, run_script, snapshot
 
 import hls4ml_project
-from vaiq import dpu
+from dpu import reference
 from vaiq.legalize import shift_bias
-from vaiq.xmodel import read_graph, read_xmodel, serialize_graph, write_xmodel
+from dpu.xmodel import read_graph, read_xmodel, serialize_graph, write_xmodel
 
 try:
     import hls4ml  # noqa: F401
@@ -178,7 +178,7 @@ def test_extreme_model_is_extreme():
     fps = [model.fp_in] + [fp for layer in model.layers for fp in (layer.fp_w, layer.fp_b, layer.fp_out)]
     assert min(fps) < 0 and max(fps) >= 40
     assert min(shift_bias(i, layer.fp_w, layer.fp_b) for i, layer in model.linear_layers()) <= -28
-    trace = dpu.run(model, extreme_data(model)[:, :-1])
+    trace = reference.run(model, extreme_data(model)[:, :-1])
     assert all(len(np.unique(layer.out)) >= 40 for layer in trace.layers)
 
 
@@ -188,7 +188,7 @@ def test_csim_equals_the_dpu_reference_at_extreme_positions(runs, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "2000 rows compared with the integer DPU reference: all equal" in result_line(run)
     model = extreme_model()
-    expected = dpu.outputs(model, extreme_data(model)[:, :-1])
+    expected = reference.outputs(model, extreme_data(model)[:, :-1])
     assert np.array_equal(np.load(outputs), expected)
 
 
@@ -213,6 +213,31 @@ def test_project_targets_the_u250_and_is_the_same_bytes_twice(runs):
         assert data is None or (b".tmp-" not in data and REPO.encode() not in data), name
     assert not [name for name in os.listdir(os.path.dirname(out)) if name.startswith(".tmp-")]
     assert "written in" in run.stdout and "C simulation built in" in run.stdout and "rows run in" in run.stdout
+
+
+def test_the_build_shows_a_line_per_step_in_a_log(runs):
+    """The 7 to 28 s of g++: on a terminal a bar, in a log (here: a pipe) a plain line per step."""
+    run, out, _ = runs[CASES[0]]
+    stamp = next(name for name in os.listdir(os.path.join(out, "firmware")) if name.endswith(".so"))
+    assert [line for line in run.stdout.splitlines() if "C simulation build" in line] == [
+        "hls4ml_project.py: C simulation build (g++): 1/3 g++ -c firmware/ffn.cpp",
+        "hls4ml_project.py: C simulation build (g++): 2/3 g++ -c ffn_bridge.cpp",
+        "hls4ml_project.py: C simulation build (g++): 3/3 g++ link firmware/" + stamp]
+    assert "\r" not in run.stdout + run.stderr and run.stderr == ""
+
+
+def test_build_steps_are_the_compiles_and_the_link(tmp_path):
+    text = ('CC=g++\nif echo "" | ${CC} -Werror -fsyntax-only -xc++ - -o /dev/null; then :; fi\n'
+            '${CC} ${CFLAGS} -c firmware/${PROJECT}.cpp -o ${PROJECT}.o\n'
+            '${CC} ${CFLAGS} -c ${PROJECT}_bridge.cpp -o ${PROJECT}_bridge.o\n'
+            '${CC} ${CFLAGS} -shared ${PROJECT}.o ${PROJECT}_bridge.o -o firmware/${PROJECT}-${LIB_STAMP}.so\n')
+    script = tmp_path / "build_lib.sh"
+    script.write_text(text)
+    assert len(hls4ml_project.build_steps(str(script))) == 3
+    assert hls4ml_project.describe_step('g++ -O3 -D WEIGHTS_DIR="\\"/x/weights\\"" -c firmware/ffn.cpp -o ffn.o') == \
+        "g++ -c firmware/ffn.cpp"
+    assert hls4ml_project.describe_step("g++ -O3 -shared ffn.o ffn_bridge.o -o firmware/ffn-1.so") == \
+        "g++ link firmware/ffn-1.so"
 
 
 # ---------------------------------------------------------------- bad input

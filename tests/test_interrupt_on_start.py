@@ -20,13 +20,13 @@ SCRIPTS = {
     "generate_data.py": ("--n_samples", "3000000", "--output_dir", "data"),
     "run.py": ("--evaluate", "--model_name", "missing.pth"),
     "vai_q_pytorch_quant.py": ("--quant_mode", "float", "--data_dir", "missing"),
-    "quant_quality.py": ("--data_dir", "missing"),
-    "benchmark.py": ("--n_samples", "100", "--n_epochs", "1", "--work_dir", "bench"),
+    "tools/quant_quality.py": ("--data_dir", "missing"),
+    "tools/benchmark.py": ("--n_samples", "100", "--n_epochs", "1", "--work_dir", "bench"),
 }
 DELAYS = (0.0, 0.1, 0.3)   # seconds after the handlers are in place
 # Importing torch takes over a second of CPU time; the handlers must be in place long
 # before (with them installed by checked_io.cli, after the imports, this fails).
-TORCH_SCRIPTS = ("run.py", "vai_q_pytorch_quant.py", "quant_quality.py", "benchmark.py")
+TORCH_SCRIPTS = ("run.py", "vai_q_pytorch_quant.py", "tools/quant_quality.py", "tools/benchmark.py")
 MAX_CPU_BEFORE_HANDLERS = 0.5
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
 
@@ -67,12 +67,13 @@ def test_interrupted_while_importing_exits_130_with_one_line(script, name, tmp_p
                 cpu_at_handlers, shown)
         assert code == 130, shown
         assert "Traceback" not in err, shown
-        assert err.splitlines() == ["{}: interrupted; earlier outputs are left as they were".format(script)], shown
+        assert err.splitlines() == ["{}: interrupted; earlier outputs are left as they were".format(
+            os.path.basename(script))], shown
         assert os.listdir(str(tmp_path)) == [], shown   # nothing written
 
 
 def test_imported_as_a_module_the_handlers_are_left_alone():
-    import interruption
+    from flow import interruption
 
     before = signal.getsignal(signal.SIGTERM)
     interruption.exit_on_interrupt("vai_q_pytorch_quant")

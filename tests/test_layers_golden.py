@@ -13,9 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checked_io import load_torch_file
-from vaiq import dpu, torch_quantizer
-from vaiq.xmodel import graph_summary, read_graph, read_xmodel
+from flow.checked_io import load_torch_file
+from dpu import reference
+from vaiq import torch_quantizer
+from dpu.xmodel import graph_summary, read_graph, read_xmodel
+from conftest import X86_GOLDEN
+
+pytestmark = X86_GOLDEN
 
 LAYERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "golden", "layers")
 CASES = sorted(c for c in os.listdir(LAYERS) if os.path.isfile(os.path.join(LAYERS, c, "case.json")))
@@ -210,9 +214,9 @@ def test_integer_reference_of_the_golden_xmodel_alone(quantized):
     case, net = quantized["case"], quantized["net"]
     model = read_xmodel(golden(case, "quantize_result", net + "_int.xmodel"))
     for rows, name in ((quantized["x"], "test_outputs"), (quantized["grid"], "grid_outputs")):
-        assert dpu.outputs(model, rows).tobytes() == np.load(golden(case, name + ".npy")).tobytes(), name
+        assert reference.outputs(model, rows).tobytes() == np.load(golden(case, name + ".npy")).tobytes(), name
     folder = golden(case, "quantize_result", "deploy_check_data_int", net)
-    dumps = dpu.deploy_dumps(model, quantized["x"][:1])
+    dumps = reference.deploy_dumps(model, quantized["x"][:1])
     assert sorted(dumps) == sorted(f for f in os.listdir(folder) if f.endswith(".bin"))
     for name, array in dumps.items():
         with open(os.path.join(folder, name), "rb") as f:

@@ -11,7 +11,7 @@ import sys
 
 from conftest import REPO, assert_clean_error
 
-SCRIPTS = [f for f in os.listdir(REPO) if f.endswith(".py")] + ["vaiq", "compile.sh", "dpu_targets.py"]
+SCRIPTS = [f for f in os.listdir(REPO) if f.endswith(".py")] + ["vaiq", "dpu", "flow", "quantization", "compile.sh"]
 
 HEAD = '''import torch.nn as nn
 import torch.nn.functional as F
@@ -81,7 +81,7 @@ def test_a_leaky_relu_batchnorm_ffn_goes_through_every_stage(tmp_path):
     simulated = ok(run(work, "simulate.py", "quantize_result/FFN_int.xmodel", "--data", "data/test.npy",
                        "--check", "quantize_result/deploy_check_data_int"))
     assert simulated.stdout.splitlines()[-1].endswith("deploy check: all 30 tensors match")
-    preflight = run(work, "preflight.py", "quantize_result/FFN_int.xmodel", "DPUCADF8H", "--no_compiler")
+    preflight = run(work, "-m", "dpu.preflight", "quantize_result/FFN_int.xmodel", "DPUCADF8H", "--no_compiler")
     ok(preflight)
     assert "ops data/const/fix/matmul/scale/leaky-relu" in preflight.stdout
     assert "ok: activations leaky-relu: DPUCADF8H's engines have them" in preflight.stdout

@@ -211,7 +211,7 @@ def test_calibration_of_tiny_values_caps_the_positions(work):
 
 
 def test_linear_without_bias_is_refused():
-    from checked_io import InputError
+    from flow.checked_io import InputError
     from vaiq.trace import trace_chain
     with pytest.raises(InputError, match="l2 is an nn.Linear without bias"):
         trace_chain(_no_bias_model())

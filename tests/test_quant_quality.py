@@ -3,7 +3,7 @@ from conftest import run_script
 
 
 def test_help_describes_the_script_in_whole_sentences():
-    result = run_script("quant_quality.py", "--help")
+    result = run_script("tools/quant_quality.py", "--help")
     assert result.returncode == 0, result.stderr
     description = " ".join(result.stdout.split("\n\n")[1].split())
     assert description == ("How good is int8? Float, default calibration, fast finetune, and the best that "

@@ -35,18 +35,18 @@ import numpy as np
 import pytest
 import torch
 
-import checked_io
+from flow import checked_io
 import generate_data
 import report
 import vai_q_pytorch_quant
 import vaiq.export
-from checked_io import InputError, atomic_path, load_npy, save_npy, torch_save, write_text
+from flow.checked_io import InputError, atomic_path, load_npy, save_npy, torch_save, write_text
 from conftest import REPO, assert_clean_error, cpu_seconds, sigterm_handled, snapshot
 from model import FFN
 from preprocessors import load_from_state_dict
 from vaiq.quant_info import read_bias_corr, read_ft_params, read_quant_info
 from vaiq.trace import trace_chain
-from vaiq.xmodel import read_xmodel
+from dpu.xmodel import read_xmodel
 
 GOLDEN = os.path.join(REPO, "tests", "fixtures", "golden", "p1_trained_in2")
 GOLDEN_RESULT = os.path.join(GOLDEN, "expected", "quantize_result")

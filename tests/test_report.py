@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from checked_io import InputError
+from flow.checked_io import InputError
 from conftest import assert_clean_error, run_script, snapshot
 
 import report
@@ -169,7 +169,7 @@ def test_folder_with_other_files_is_not_replaced(tmp_path):
 
 def test_layer_table_of_a_batchnorm_leaky_model():
     """Whatever model.py builds: every op of the xmodel, its activation, scale ops not legalized."""
-    from vaiq.xmodel import read_xmodel
+    from dpu.xmodel import read_xmodel
     layers = os.path.join(os.path.dirname(__file__), "fixtures", "golden", "layers")
     model = read_xmodel(os.path.join(layers, "V5", "expected", "quantize_result", "FFN_V5_int.xmodel"))
     lines, n_bad = report.layer_table(model)
@@ -179,3 +179,15 @@ def test_layer_table_of_a_batchnorm_leaky_model():
                                                     ("l3", "matmul", "none")]
     assert n_bad == 0 and cells[1][-1] == "scale: not legalized, placed by the compiler"
     assert [c[3] for c in cells] == ["5", "5", "5", "6", "4"]   # each op's input position
+
+
+@pytest.mark.parametrize("shape", [(1000, 3), (1000, 2)])
+def test_hls_outputs_with_other_columns_name_the_expected_shape(tmp_path, shape):
+    """Not "input_size 0 + 1 target": the C-simulation outputs are one column."""
+    hls = tmp_path / "hls.npy"
+    np.save(str(hls), np.zeros(shape, dtype=np.float32))
+    result = run_script("report.py", *golden_args(tmp_path, hls_outputs=hls), cwd=str(tmp_path))
+    assert_clean_error(result, "{}: has {} columns, expected 1 (one output per row: shape (rows, 1), as "
+                               "hls4ml_project.py --save_outputs writes it)".format(hls, shape[1]))
+    assert "input_size" not in result.stderr
+    assert not (tmp_path / "report").exists()

@@ -34,12 +34,14 @@ def printed_mse(stdout):
 def test_golden_xmodel_matches_quantizer(case, tmp_path):
     xmodel, data, dumps = case_paths(case)
     out = tmp_path / "outputs.npy"
-    run = simulate(xmodel, "--data", data, "--check", dumps, "--output", out)
+    run = simulate(xmodel, "--data", data, "--check", dumps, "--output", out, "--verbose")
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     tensor_lines = [line for line in lines if line.startswith("  ")]
     assert len(tensor_lines) == 22 and all(line.endswith(": ok") for line in tensor_lines)
     assert "all 22 tensors match" in lines[-1]
+    quiet = simulate(xmodel, "--data", data, "--check", dumps)   # without --verbose: the summary alone
+    assert quiet.returncode == 0 and quiet.stdout.splitlines() == [lines[-1].replace(", outputs in {}".format(out), "")]
     expected = np.load(os.path.join(GOLDEN, case, "expected", "test_outputs.npy"))
     got = np.load(str(out))
     assert got.dtype == np.float32 and np.array_equal(got, expected)

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from checked_io import load_torch_file
+from flow.checked_io import load_torch_file
 from conftest import REPO, run_script
 from losses import MSE
 from model import FFN

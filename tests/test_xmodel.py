@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from vaiq import xmodel_pb2
-from vaiq.int_model import IntLayer, IntModel
-from vaiq.xmodel import (XmodelError, build_graph, graph_summary, graph_to_model, parse_graph,
+from dpu import xmodel_pb2
+from dpu.int_model import IntLayer, IntModel
+from dpu.xmodel import (XmodelError, build_graph, graph_summary, graph_to_model, parse_graph,
                          read_graph, read_xmodel, serialize_graph, write_xmodel)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,7 +227,7 @@ from google.protobuf.internal import api_implementation
 import google.protobuf
 assert google.protobuf.__version__ == sys.argv[8], google.protobuf.__version__
 assert api_implementation.Type() == "python", api_implementation.Type()
-from vaiq.xmodel import XmodelError, read_xmodel, write_xmodel
+from dpu.xmodel import XmodelError, read_xmodel, write_xmodel
 golden, ours, out_golden, out_ours, scratch = sys.argv[1:6]
 cut_end, cut_step = int(sys.argv[6]), int(sys.argv[7])
 write_xmodel(read_xmodel(golden), out_golden)

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from checked_io import InputError, atomic_path
+from flow.checked_io import InputError, atomic_path
 
 from .fixpoint import HALF_AWAY, fake_quantize, quantize
-from .int_model import LEAKY_RELU, LEAKY_RELU_ALPHA, MATMUL, RELU, RELU6, RELU6_MAX, SCALE, IntLayer, IntModel
+from dpu.int_model import LEAKY_RELU, LEAKY_RELU_ALPHA, MATMUL, RELU, RELU6, RELU6_MAX, SCALE, IntLayer, IntModel
 from .quant_model import quantized_network
 from .trace import ACTIVATION_OP_TYPES, BATCH_NORM, DENSE, op_name
-from .xmodel import write_xmodel
+from dpu.xmodel import write_xmodel
 
 DEPLOY_CHECK_DIR = "deploy_check_data_int"
 
@@ -133,7 +133,21 @@ def export_torch_script(quant_model, output_dir):
         traced = torch.jit.trace(module, example, check_trace=False)
     path = os.path.join(output_dir, quant_model.chain.net_name + "_int.pt")
     with atomic_path(path) as tmp:
-        traced.save(tmp)
+        traced.save(tmp + ".traced")
+        _without_debug_info(tmp + ".traced", tmp)
+
+
+def _without_debug_info(source, path):
+    """The TorchScript archive `source` as `path`, less its *.debug_pkl records: they hold the
+    absolute paths of this checkout and of torch's files (the traceback of the trace), so
+    the bytes would differ from one clone to the next. torch.jit.load does not need them."""
+    reader = torch._C.PyTorchFileReader(source)
+    writer = torch._C.PyTorchFileWriter(path)   # names the archive after path's file name
+    for name in reader.get_all_records():
+        if not name.endswith(".debug_pkl") and name != ".data/serialization_id":   # the writer adds its own id
+            data = reader.get_record(name)
+            writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
 
 
 # ---------------------------------------------------------------- ONNX

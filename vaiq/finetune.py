@@ -15,7 +15,8 @@ so finetuning never makes the calibration loss worse.
 """
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+
+from flow.checked_io import Progress
 
 from .fixpoint import fake_quantize
 from .quant_model import float_network, quantized_network
@@ -45,17 +46,23 @@ def fast_finetune(chain, positions, float_params, start_params, x_float, steps=S
         with torch.no_grad():
             return F.mse_loss(quantized_network(x_float, params, chain, positions, fake_quantize), target).item()
 
-    for layer_params in tqdm(params, desc="fast finetune", unit="layer", disable=None, leave=False):
-        optimizer = torch.optim.Adam(layer_params, lr=lr)
-        best_loss, best = exact_loss(), [t.detach().clone() for t in layer_params]
-        for _ in range(steps):
-            optimizer.zero_grad()
-            F.mse_loss(quantized_network(x_float, params, chain, positions, ste), target).backward()
-            optimizer.step()
-            loss = exact_loss()
-            if loss < best_loss:
-                best_loss, best = loss, [t.detach().clone() for t in layer_params]
-        with torch.no_grad():
-            for tensor, kept in zip(layer_params, best):
-                tensor.copy_(kept)
+    # A bar over every Adam step on a terminal; in a log, a line per layer.
+    with Progress("fast finetune", len(params) * steps) as progress:
+        for k, layer_params in enumerate(params):
+            optimizer = torch.optim.Adam(layer_params, lr=lr)
+            start_loss = best_loss = exact_loss()
+            best = [t.detach().clone() for t in layer_params]
+            for _ in range(steps):
+                optimizer.zero_grad()
+                F.mse_loss(quantized_network(x_float, params, chain, positions, ste), target).backward()
+                optimizer.step()
+                loss = exact_loss()
+                if loss < best_loss:
+                    best_loss, best = loss, [t.detach().clone() for t in layer_params]
+                progress.advance()
+            with torch.no_grad():
+                for tensor, kept in zip(layer_params, best):
+                    tensor.copy_(kept)
+            progress.note("layer {}/{}: {} steps, loss vs float outputs {:.3e} -> {:.3e}".format(
+                k + 1, len(params), steps, start_loss, best_loss))
     return [(w.detach(), b.detach()) for w, b in params]

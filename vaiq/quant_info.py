@@ -11,9 +11,9 @@ import os
 
 import torch
 
-from checked_io import InputError, load_torch_file, torch_save, write_text
+from flow.checked_io import InputError, load_torch_file, torch_save, write_text
 
-from .int_model import BIT_WIDTH, FIX_POINT_LIMIT
+from dpu.int_model import BIT_WIDTH, FIX_POINT_LIMIT
 
 QUANT_INFO = "quant_info.json"
 BIAS_CORR = "bias_corr.pth"

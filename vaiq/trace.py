@@ -17,9 +17,9 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checked_io import InputError
+from flow.checked_io import InputError
 
-from .int_model import LEAKY_RELU_ALPHA
+from dpu.int_model import LEAKY_RELU_ALPHA
 
 
 class UnsupportedModelError(InputError):
@@ -157,7 +157,7 @@ def _refusal(net, what, how):
         net, what, how, SUPPORTED_TEXT, "; " + does if does else ""))
 
 
-def _ops(module, graph, net):
+def chain_ops(module, graph, net):
     """[(kind, qualified name or None, module or None, extra)] of the traced graph, Dropout left out."""
     modules = dict(module.named_modules())
     ops, n_inputs = [], 0
@@ -203,7 +203,7 @@ def _ops(module, graph, net):
     return ops
 
 
-def _check_ops(net, ops):
+def check_ops(net, ops):
     if not ops or ops[0][0] != DENSE:
         raise UnsupportedModelError("{}: must start with an nn.Linear; {}".format(net, SUPPORTED_TEXT))
     for previous, current in zip(ops, ops[1:]):
@@ -241,8 +241,8 @@ def trace_chain(module):
         graph = torch.fx.symbolic_trace(module).graph
     except Exception as e:  # data-dependent control flow and the like
         raise UnsupportedModelError("{}: cannot be traced ({})".format(net, str(e).splitlines()[0]))
-    ops = _ops(module, graph, net)
-    _check_ops(net, ops)
+    ops = chain_ops(module, graph, net)
+    check_ops(net, ops)
     modules = dict(module.named_modules())
 
     # Node numbers count every node, the input being 0; the traced names of
@@ -255,25 +255,34 @@ def trace_chain(module):
             messages.append(message)
 
     for k, (kind, name, sub, extra) in enumerate(ops, start=1):
-        suffix = "ret" if k == len(ops) else "ret.{}".format(2 * k - 1)
+        last = k == len(ops)
         if kind in (DENSE, BATCH_NORM):
-            traced = "{}::{}/{}".format(net, _scope(net, name, modules), suffix)
-            layers.append(ChainLayer(name=name, module=sub, kind=kind, node="{}::nndct_{}_{}".format(net, kind, k),
-                                     traced=traced))
+            traced = traced_name(net, _scope(net, name, modules), k, last)
+            layers.append(ChainLayer(name=name, module=sub, kind=kind, node=node_name(net, kind, k), traced=traced))
             if kind == BATCH_NORM:
                 say(BN_NOTE.format(traced))
             continue
         layer = layers[-1]
         layer.activation = kind
-        layer.act_node = "{}::nndct_{}_{}".format(net, kind, k)
+        layer.act_node = node_name(net, kind, k)
         # A replaced ReLU6 module is traced as the ReLU that took its place.
         scope = net if name is None else _scope(net, name, modules, "ReLU" if extra == "relu6 module" else None)
-        layer.act_traced = "{}::{}/{}".format(net, scope, suffix)
+        layer.act_traced = traced_name(net, scope, k, last)
         if extra == "relu6 module":
             say(RELU6_WARNING)
         elif kind == LEAKY_RELU and float(extra) != LEAKY_RELU_ALPHA:
             say(LEAKY_RELU_WARNING.format(extra))
     return Chain(net, layers[0].module.in_features, layers, messages)
+
+
+def node_name(net, kind, k):
+    """The quantizer's name of op k: FFN::nndct_dense_1."""
+    return "{}::nndct_{}_{}".format(net, kind, k)
+
+
+def traced_name(net, scope, k, last):
+    """Op k's traced name: its value is ret.(2k-1), the last one's bare (FFN::FFN/Linear[l1]/ret.1)."""
+    return "{}::{}/{}".format(net, scope, "ret" if last else "ret.{}".format(2 * k - 1))
 
 
 def _scope(net, qualified_name, modules, last_class=None):

@@ -3,7 +3,8 @@
 Calibration writes it beside its quant_info.json (which stays the quantizer's own
 text, for either backend): the checkpoint file and its sha256, the input size, the
 calibration data file and its sha256, the rows and the batch size, subset_len, the
---nndct_* options and whether fast finetune ran. Test mode and --deploy compare it
+--nndct_* options, whether fast finetune ran, and the quantizer (backend and release:
+2.5 and 3.5 write other file formats and names, which the other cannot read). Test mode and --deploy compare it
 with their own run and refuse what determines another quantized network (another
 checkpoint, input size, options or fast finetune): the positions would be applied
 to a network they were not computed for, and the int8 results would be silently
@@ -16,9 +17,8 @@ import json
 import os
 import sys
 
-from checked_io import InputError, write_text
-from preprocessors import checkpoint_path
-from vaiq.options import SUPPORTED, parse_nndct_options, split_nndct_args
+from flow.checked_io import InputError, write_text
+from vaiq.options import DEFAULT_RELEASE, SUPPORTED, defaults, parse_nndct_options, split_nndct_args
 from vaiq.quant_info import QUANT_INFO
 
 RECORD = "calibration.json"
@@ -27,6 +27,7 @@ WRITTEN_BY = "vai_q_pytorch_quant.py --quant_mode calib"
 # key: (type, what determines the quantized network: refused when it differs)
 FIELDS = {
     "written_by": (str, False),
+    "release": (str, True),   # first: another release's files are another format
     "checkpoint": (str, False),
     "checkpoint_sha256": (str, True),
     "input_size": (int, True),
@@ -39,6 +40,8 @@ FIELDS = {
     "fast_finetune": (bool, True),
     "backend": (str, False),
 }
+# Records written before the release was recorded are the 3.5 built-in's or the real 3.5's.
+OPTIONAL = {"release": DEFAULT_RELEASE}
 # Calibrating one row at a time: each activation's position is then its most frequent
 # over single rows, which for the shipped model is 41x the int8 MSE of batch 64.
 SMALL_BATCH = 1
@@ -53,20 +56,21 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def nndct_options(argv, defaults=True):
-    """{name: value}: the supported options parsed (with their defaults, so that giving
-    a default or not is the same); any other, for the real quantizer, as given."""
+def nndct_options(argv, release, with_defaults=True):
+    """{name: value}: the supported options parsed (with the release's defaults, so that
+    giving a default or not is the same); any other, for the real quantizer, as given."""
     pairs = split_nndct_args(argv)[0]
-    options = parse_nndct_options([word for flag, value in pairs if flag[2:] in SUPPORTED for word in (flag, value)])
-    if not defaults:
+    options = parse_nndct_options([word for flag, value in pairs if flag[2:] in SUPPORTED for word in (flag, value)],
+                                  release)
+    if not with_defaults:
         options = {name: value for name, value in options.items() if "--" + name in dict(pairs)}
     options.update((flag[2:], value) for flag, value in pairs if flag[2:] not in SUPPORTED)
     return options
 
 
-def of_run(args, dataset, argv, backend):
-    """The record of this run of the script: what a calibration writes, what test mode compares."""
-    checkpoint = checkpoint_path(args.checkpoint_dir, args.model_name)
+def of_run(args, checkpoint, dataset, argv, backend):
+    """The record of this run of the script (`checkpoint`: the state dict's path; `backend`:
+    a quantization.backend.Backend): what a calibration writes, what test mode compares."""
     return {
         "written_by": WRITTEN_BY,
         "checkpoint": checkpoint,
@@ -77,9 +81,10 @@ def of_run(args, dataset, argv, backend):
         "rows": len(dataset),
         "batch_size": args.batch_size,
         "subset_len": args.subset_len,
-        "nndct_options": nndct_options(_words(argv)),
+        "nndct_options": nndct_options(_words(argv), backend.release),
         "fast_finetune": args.fast_finetune,
-        "backend": backend,
+        "backend": backend.name,
+        "release": backend.release,
     }
 
 
@@ -111,6 +116,8 @@ def read(output_dir):
         raise InputError("{}: cannot read ({})".format(path, e.strerror or e))
     if not isinstance(record, dict):
         raise damaged("expected an object")
+    for key, value in OPTIONAL.items():
+        record.setdefault(key, value)
     for key, (kind, _) in FIELDS.items():
         if key not in record:
             raise damaged("no {!r}".format(key))
@@ -132,19 +139,21 @@ def note_calibration(record):
              "calibrate with --batch_size {}".format(record["batch_size"], GOOD_BATCH, GOOD_BATCH))
 
 
-def check(args, dataset, argv, backend):
+def check(args, checkpoint, dataset, argv, backend):
     """Test mode and --deploy: refuse a calibration of another network (InputError,
     one line: what differs and the command that recalibrates); note other rows.
     The --nndct_* options count where this run gives them: without any, test mode
     runs what was calibrated, as with the real quantizer (whose options act in calib)."""
-    output_dir, current = args.output_dir, of_run(args, dataset, argv, backend)
+    output_dir, current = args.output_dir, of_run(args, checkpoint, dataset, argv, backend)
     recorded = read(output_dir)
     if recorded is None:
         if os.path.isfile(os.path.join(output_dir, QUANT_INFO)):   # else the quantizer says what is missing
             note("{}: no {}, so it cannot be checked that it was calibrated on {} (a folder of another release or "
                  "of the real quantizer?)".format(output_dir, RECORD, current["checkpoint"]))
         return
-    current["nndct_options"] = dict(recorded["nndct_options"], **nndct_options(_words(argv), defaults=False))
+    if recorded["release"] == current["release"]:
+        current["nndct_options"] = dict(recorded["nndct_options"], **nndct_options(_words(argv), current["release"],
+                                                                                 with_defaults=False))
     differences = [_difference(key, recorded, current) for key, (_, network) in FIELDS.items()
                    if network and recorded[key] != current[key]]
     if differences:
@@ -162,18 +171,25 @@ def _difference(key, recorded, current):
             recorded["checkpoint"], recorded[key][:12], current["checkpoint"], current[key][:12])
     if key == "input_size":
         return "calibrated with --input_size {}, this run has {}".format(recorded[key], current[key])
+    if key == "fast_finetune" and recorded[key]:
+        return ("calibrated with --fast_finetune, this run is without it: add --fast_finetune to use the finetuned "
+                "parameters, or recalibrate without it, which discards them")
     if key == "fast_finetune":
-        return "calibrated {} --fast_finetune, this run is {} it".format(
-            *(("with", "without") if recorded[key] else ("without", "with")))
+        return "calibrated without --fast_finetune, this run is with it"
+    if key == "release":
+        return ("calibrated by vai_q_pytorch {} ({}), this run is vai_q_pytorch {} ({}): the releases write other "
+                "quant_info.json and bias_corr.pth, which the other cannot read".format(
+                    recorded[key], recorded["backend"], current[key], current["backend"]))
     changed = sorted(name for name in current[key] if current[key][name] != recorded[key].get(name))
     return "calibrated with {}, this run gives {}".format(
         " ".join("--{} {}".format(name, recorded[key].get(name, "(not given)")) for name in changed),
         " ".join("--{} {}".format(name, current[key][name]) for name in changed))
 
 
-def _option_words(options):
+def _option_words(options, release):
+    default = defaults(release)
     return " ".join("--{} {}".format(name, value) for name, value in sorted(options.items())
-                    if name not in SUPPORTED or value != SUPPORTED[name][0])
+                    if name not in SUPPORTED or value != default[name])
 
 
 def recalibrate_command(recorded, current, output_dir):
@@ -186,4 +202,6 @@ def recalibrate_command(recorded, current, output_dir):
     if recorded["subset_len"] is not None:
         words += ["--subset_len", str(recorded["subset_len"])]
     words += ["--output_dir", output_dir] + (["--fast_finetune"] if current["fast_finetune"] else [])
-    return " ".join(words + _option_words(current["nndct_options"]).split())
+    if current["backend"] == "builtin" and current["release"] != DEFAULT_RELEASE:
+        words += ["--vai_release", current["release"]]
+    return " ".join(words + _option_words(current["nndct_options"], current["release"]).split())

@@ -30,7 +30,7 @@ from .int_model import (ACTIVATIONS, INT32_LIMIT, LEAKY_RELU, LEAKY_RELU_ALPHA_N
 # output; shift_bias(i, w, b) = i + w - b: the left shift of the bias to the
 # accumulator, negative when the bias is finer. Defined once, with their DPU
 # ranges, in legalize.py; re-exported here for the DPU's callers.
-from .legalize import shift_bias, shift_cut  # noqa: F401
+from .shifts import shift_bias, shift_cut  # noqa: F401
 
 # Headroom kept below 2^63 so that sums and the rounding offset cannot overflow int64.
 INT64_SAFE = 2 ** 62

@@ -17,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from interruption import EXIT_INTERRUPTED, interrupted_message, raise_on_interrupt
+from flow.interruption import EXIT_INTERRUPTED, SIGNALS, interrupted_message, raise_on_interrupt
 
 
 class InputError(Exception):
@@ -27,23 +27,66 @@ class InputError(Exception):
 EXIT_INPUT_ERROR = 2
 
 
-def cli(main):
-    """Run `main()` as a command: InputError and interruption end it cleanly."""
+def cli(main, hard_exit=False):
+    """Run `main()` as a command: InputError and interruption end it cleanly.
+
+    Once main has returned its work is done and written: a signal then is ignored
+    rather than turned into a status of -2 with no word at interpreter shutdown.
+    hard_exit: end with os._exit after flushing, without Python's exit-time cleanup,
+    where torch 1.10's ONNX exporter (the Vitis AI 2.5 docker's) can hang or crash
+    after every file was written."""
     raise_on_interrupt()
     prog = os.path.basename(sys.argv[0])
+    code = None
     try:
-        code = main()
+        try:
+            code = main() or 0
+        finally:
+            _ignore_signals()
     except InputError as e:
         print("{}: error: {}".format(prog, e), file=sys.stderr)
-        sys.exit(EXIT_INPUT_ERROR)
+        code = EXIT_INPUT_ERROR
     except KeyboardInterrupt:
-        print(interrupted_message(), file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    sys.exit(code or 0)
+        # A signal caught between main's return and the line above leaves its result as it is.
+        if code is None:
+            print(interrupted_message(), file=sys.stderr)
+            code = EXIT_INTERRUPTED
+    if hard_exit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _ignore_signals():
+    # SIG_IGN also survives interpreter shutdown, where Python resets its own handlers to SIG_DFL.
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every argument's default in its help: "(default: X)" is appended where the text does
+    not give it itself ("(default: ...)" in words, "(required)"); a switch's is "off"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default: " in text or "(required)" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.required and action.option_strings:
+            return text + " (required)"
+        if action.nargs == 0 and isinstance(action.default, bool):     # store_true / store_false
+            return text + " (default: {})".format("on" if action.default else "off")
+        if action.default is None or (not action.option_strings and action.nargs not in ("?", "*")):
+            return text
+        return text + " (default: %(default)s)"
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block) for bad flags."""
+    """argparse with a one-line error (no usage block) for bad flags, and every default in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super(ArgumentParser, self).__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(EXIT_INPUT_ERROR, "{}: error: {}\n".format(self.prog, message))
@@ -89,6 +132,64 @@ def npy_path(text):
     return text
 
 
+# ---------------------------------------------------------------- progress
+
+class Progress(object):
+    """Progress of a wait of several seconds (a g++ build, fast finetune). On a terminal
+    (stderr is one) a tqdm bar on stderr, gone when done; elsewhere, as in a log file,
+    one plain line per note() on stdout, without carriage returns.
+
+    advance(n): n of `total` units done (the bar only); note(text): a step's line (on the
+    terminal: the bar's text). With ticking, the bar's clock moves between advances too."""
+
+    TICK = 0.5   # seconds between redraws of a ticking bar
+
+    def __init__(self, desc, total, unit="step", ticking=False, terminal=None, prog=None):
+        self.desc, self.total = desc, total
+        self.prog = prog or os.path.basename(sys.argv[0])
+        self.bar = None
+        self._stop = None
+        if sys.stderr.isatty() if terminal is None else terminal:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+            if ticking:
+                import threading
+
+                self._stop = threading.Event()
+                thread = threading.Thread(target=self._tick, name="progress")
+                thread.daemon = True
+                thread.start()
+
+    def _tick(self):
+        while not self._stop.wait(self.TICK):
+            self.bar.refresh()
+
+    def advance(self, n=1):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def note(self, text):
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+        else:
+            print("{}: {}: {}".format(self.prog, self.desc, text))
+            sys.stdout.flush()
+
+    def close(self):
+        if self._stop is not None:
+            self._stop.set()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # ---------------------------------------------------------------- reading
 
 def require_file(path, what="file"):
@@ -103,8 +204,10 @@ def require_dir(path, what="folder"):
         raise InputError("{}: {} not found".format(path, what))
 
 
-def load_npy(path, n_columns=None):
-    """A finite, non-empty 2-D float array from a .npy file, loaded without pickle."""
+def load_npy(path, n_columns=None, columns=None):
+    """A finite, non-empty 2-D float array from a .npy file, loaded without pickle.
+    n_columns: the number of columns it must have; columns: what they are, for the
+    error (default: "input_size N + 1 target", the rows of the flow's data)."""
     if not path.endswith(".npy"):
         raise InputError("{}: not a .npy file".format(path))
     require_file(path, "data file")
@@ -131,23 +234,29 @@ def load_npy(path, n_columns=None):
         raise InputError("{}: not a valid .npy file (damaged header: {})".format(path, type(e).__name__))
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
         raise InputError("{}: expected a numeric array, found dtype {}".format(path, getattr(array, "dtype", type(array))))
+    if array.dtype.kind in "iu":
+        # Whole numbers where the flow expects measurements: refused rather than trained on silently.
+        raise InputError("{}: holds {} values; the flow takes float data (convert with x.astype('float64'))".format(
+            path, array.dtype.name))
     if array.ndim != 2:
         raise InputError("{}: expected a 2-D array (rows, features + target), found shape {}".format(path, array.shape))
     if array.shape[0] == 0:
         raise InputError("{}: is empty (0 rows)".format(path))
     if n_columns is not None and array.shape[1] != n_columns:
-        raise InputError("{}: has {} columns, expected {} (input_size {} + 1 target)".format(
-            path, array.shape[1], n_columns, n_columns - 1))
+        raise InputError("{}: has {} columns, expected {} ({})".format(
+            path, array.shape[1], n_columns, columns or "input_size {} + 1 target".format(n_columns - 1)))
     if not np.isfinite(array).all():
         bad = int(np.argwhere(~np.isfinite(array))[0][0])
         raise InputError("{}: holds NaN or Inf values (first in row {})".format(path, bad))
     return array
 
 
-def load_torch_file(path, what="checkpoint"):
+def load_torch_file(path, what="checkpoint", how_to_save=None):
     """A torch.save file read by safe_torch_load: tensors, state dicts and plain
-    containers of numbers and strings; a file never runs code on load, on any torch."""
-    import safe_torch_load
+    containers of numbers and strings; a file never runs code on load, on any torch.
+    how_to_save: added to the error when the file holds other Python objects (what to save
+    instead, e.g. a state dict)."""
+    from flow import safe_torch_load
 
     require_file(path, what)
     # The current format is a zip archive; the pre-1.6 one a pickle (first byte 0x80).
@@ -161,7 +270,8 @@ def load_torch_file(path, what="checkpoint"):
         return safe_torch_load.load(path)
     except safe_torch_load.UnsafeError as e:
         raise InputError("{}: not a loadable {} (it holds Python objects besides tensors ({}), which are not "
-                         "loaded as they could run code)".format(path, what, e))
+                         "loaded as they could run code){}".format(path, what, e,
+                                                                    "; " + how_to_save if how_to_save else ""))
     except EOFError:
         raise InputError("{}: not a loadable {} (the file ends early, truncated?)".format(path, what))
     except Exception as e:  # corrupt zip or pickle: every other failure of a damaged file

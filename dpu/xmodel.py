@@ -15,9 +15,9 @@ import os
 
 import numpy as np
 
-from checked_io import InputError, write_bytes
-from vaiq import dpu, xmodel_pb2
-from vaiq.int_model import (ACTIVATIONS, BIT_WIDTH, FIX_POINT_LIMIT, LEAKY_RELU, LEAKY_RELU_ALPHA, MATMUL, Q_MAX, Q_MIN,
+from flow.checked_io import InputError, write_bytes
+from . import reference, xmodel_pb2
+from dpu.int_model import (ACTIVATIONS, BIT_WIDTH, FIX_POINT_LIMIT, LEAKY_RELU, LEAKY_RELU_ALPHA, MATMUL, Q_MAX, Q_MIN,
                             SCALE, IntLayer, IntModel)
 
 
@@ -72,7 +72,7 @@ def _vertices(model):
         for name, q, fp in ((layer.weight_op_name, layer.weight, layer.fp_w), (layer.bias_op_name, layer.bias, layer.fp_b)):
             shape = list(np.shape(q))
             ops.append((name, "const", shape, {"shape": ("int32_vec_value", shape), "data_type": ("string_value", "float32"),
-                                               "data": ("bytes_value", dpu.dequantize(q, fp).astype("<f4").tobytes())}, []))
+                                               "data": ("bytes_value", reference.dequantize(q, fp).astype("<f4").tobytes())}, []))
             fix(name, shape, fp)
     in_shape = [model.batch, model.input_size]
     ops.append((model.input_op_name, "data", in_shape,
@@ -162,7 +162,7 @@ def _set_attr(attr, member, value):
 def _check_model(model):
     """Refuse an IntModel that would give a file XIR rejects (a bug upstream, hence ValueError):
     the shapes and int8 values the DPU reference checks, then what only the file needs."""
-    dpu.check_model(model)
+    reference.check_model(model)
     fps = [model.fp_in]
     for layer in model.layers:
         if layer.activation and not layer.activation_op_name:

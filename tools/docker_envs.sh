@@ -14,7 +14,7 @@
 # Debian mirror of this machine's apt and PyPI.
 set -euo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # the repository
 CHECKOUT=$(cd "${1:-${CHECKOUT:-$HERE}}" && pwd)
 ENVS_DIR=${ENVS_DIR:-/var/tmp/vitis-ai-envs}
 ROOT=$ENVS_DIR/bullseye

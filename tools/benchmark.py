@@ -1,6 +1,6 @@
 """Wall time of each stage, and of a plain PyTorch loop beside the Catalyst training.
 
-  python benchmark.py            # 10000 rows, 32 epochs, batch 64, lr 1e-1: the Makefile's recipe
+  python tools/benchmark.py      # 10000 rows, 32 epochs, batch 64, lr 1e-1: the Makefile's recipe
 
 Everything is written to a temporary folder (or --work_dir); the repository's
 data/, checkpoints/ and logs/ are not touched. The plain loop trains the same
@@ -28,14 +28,16 @@ import sys
 import tempfile
 import time
 
-from interruption import exit_on_interrupt
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)   # a tool of the repository: its packages and shared modules
 
-exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+from flow import start_stage
+
+start_stage(__name__)   # first: kernels pinned and Ctrl-C handled before torch is imported
 
 import torch
 
-import generate_data
-from checked_io import ArgumentParser, cli, positive_float, positive_int, seed, torch_save
+from flow.checked_io import ArgumentParser, cli, positive_float, positive_int, seed, torch_save
 from losses import MSE
 from model import FFN
 from preprocessors import make_dataloader
@@ -67,9 +69,10 @@ def print_table(rows):
 # ---------------------------------------------------------------- stages
 
 def stage_generate_data(args, data_dir):
-    parts = generate_data.split_rows(generate_data.make_rows(args.n_samples, args.input_size, args.seed))
-    generate_data.write_splits(parts, data_dir)
-    return data_dir, ", ".join("{} {}".format(name, len(part)) for name, part in parts.items())
+    subprocess.run([sys.executable, os.path.join(REPO, "generate_data.py"), "--n_samples", str(args.n_samples),
+                    "--input_size", str(args.input_size), "--seed", str(args.seed), "--output_dir", data_dir],
+                   check=True, stdout=subprocess.DEVNULL)
+    return data_dir, "python generate_data.py --n_samples {} (start-up included)".format(args.n_samples)
 
 
 def loaders(args, data_dir):
@@ -133,7 +136,7 @@ def stage_quantizer(mode, model, data_dir, batch_size, output_dir):
 
 def stage_command(mode, work_dir, batch_size, input_size):
     """The whole vai_q_pytorch_quant.py command, start-up included."""
-    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "vai_q_pytorch_quant.py"),
+    command = [sys.executable, os.path.join(REPO, "vai_q_pytorch_quant.py"),
                "--quant_mode", mode, "--batch_size", str(batch_size), "--input_size", str(input_size),
                "--backend", "builtin",
                "--output_dir", os.path.join(work_dir, "quantize_result_cli")]
@@ -144,7 +147,7 @@ def stage_command(mode, work_dir, batch_size, input_size):
 def startup_commands(work_dir, input_size):
     """(name, command) of every stage that does not train, each on a few rows, after
     `import torch` alone; run in work_dir, whose data/ and checkpoints/ the stages wrote."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = REPO
     quant = [os.path.join(here, "vai_q_pytorch_quant.py"), "--subset_len", "10", "--batch_size", "10",
              "--input_size", str(input_size), "--backend", "builtin", "--output_dir", "startup_q"]
     return [

@@ -4,77 +4,91 @@
   calib  run the quantizer's calibration over the first --subset_len rows of
          --calib_data in batches of --batch_size; write quant_info.json (and
          bias_corr.pth) to --output_dir, with calibration.json: what was
-         calibrated, which test mode checks (calibration_record.py)
+         calibrated, which test mode checks (quantization/calibration_record.py)
   test   load them and run the quantized model; --evaluate compares it with the
          float model, --deploy exports the xmodel and the deploy-check data
 
 The real quantizer (pytorch_nndct, in the Vitis AI docker) is used when it can be
-imported; elsewhere the built-in one (package vaiq) computes the same bit for bit.
+imported; elsewhere the built-in one (package vaiq) computes the same bit for bit,
+following release 3.5 or, with --vai_release 2.5, the Vitis AI 2.5 docker's.
 Options --nndct_* (e.g. --nndct_param_corr False) go to the quantizer.
 """
 import os
 
-from interruption import exit_on_interrupt
+from flow import start_stage
 
-exit_on_interrupt(__name__)   # first: the imports below take seconds (torch)
+start_stage(__name__)   # first: kernels pinned and Ctrl-C handled before torch is imported
 
-import torch
+from flow.checked_io import ArgumentParser, npy_path, positive_int, seed
+from vaiq.options import DEFAULT_RELEASE, RELEASES, check_supported_values, split_nndct_args
 
-import calibration_record
-from checked_io import (ArgumentParser, InputError, check_output_dir, cli, npy_path, positive_int, save_npy, seed,
-                        uninterrupted)
-from losses import predict, regression_metrics
-from preprocessors import load_ffn, make_dataloader
-from set_seed import DEVICE, set_seed
+DEFAULT_DEPLOY_BATCH = 1   # the original flow's, as vai_q_pytorch wants; DPUCADF8H compiles it via --options
 
 
-DEFAULT_DEPLOY_BATCH = 1   # the original flow's; DPUCADF8H (Vitis AI 1.4 to 2.5) compiles batch 4
-
-
-def parse_args(argv=None):
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default="data")
-    parser.add_argument("--calib_data", default="test.npy", help="rows for calibration and evaluation")
-    parser.add_argument("--input_size", type=positive_int, default=2)
-    parser.add_argument("--checkpoint_dir", default="checkpoints")
+def build_parser():
+    """The flags; needs only argparse and vaiq.options, so that --help answers before torch is imported."""
+    parser = ArgumentParser(description=__doc__.splitlines()[0],
+                            epilog="Options --nndct_* (e.g. --nndct_param_corr False) go to the quantizer.")
+    parser.add_argument("--data_dir", default="data", help="folder of --calib_data")
+    parser.add_argument("--calib_data", default="test.npy", help="rows for calibration and evaluation, in --data_dir")
+    parser.add_argument("--input_size", type=positive_int, default=2, help="features per row of the data")
+    parser.add_argument("--checkpoint_dir", default="checkpoints", help="folder of --model_name")
     parser.add_argument("--model_name", default="ffn_state_dict.pth", help="state dict: a file name in --checkpoint_dir, or a path")
-    parser.add_argument("--subset_len", type=positive_int, default=None, help="use the first N rows (default: all)")
-    parser.add_argument("--batch_size", type=positive_int, default=1)
-    parser.add_argument("--quant_mode", default="calib", choices=["float", "calib", "test"])
+    parser.add_argument("--subset_len", type=positive_int, default=None,
+                        help="use the first N rows (default: all)")
+    parser.add_argument("--batch_size", type=positive_int, default=1,
+                        help="rows per forward in calibration and evaluation")
+    parser.add_argument("--quant_mode", default="calib", choices=["float", "calib", "test"],
+                        help="float: evaluate the float model; calib: calibrate, write the quantization "
+                        "parameters; test: run the quantized model from them")
     parser.add_argument("--deploy", action="store_true", help="test mode: export xmodel, deploy-check data, "
                         "TorchScript and ONNX")
     parser.add_argument("--deploy_batch", type=positive_int, default=None, metavar="N",
                         help="with --deploy: the batch of the exported xmodel, the deploy forward runs the first N "
-                        "rows (default 1; DPUCADF8H's compiler needs 4)")
+                        "rows (default: {}, as vai_q_pytorch wants: compile.sh gives it to DPUCADF8H's compiler as "
+                        "batch 4 with vai_c_xir --options; 4: DPUCADF8H's batch in the xmodel itself)".format(
+                            DEFAULT_DEPLOY_BATCH))
     parser.add_argument("--evaluate", action="store_true", help="print float and quantized mse and r^2")
     parser.add_argument("--fast_finetune", action="store_true", help="AdaQuant after calibration (calib), "
                         "use its parameters (test)")
-    parser.add_argument("--output_dir", default="quantize_result")
+    parser.add_argument("--output_dir", default="quantize_result",
+                        help="folder of the quantization parameters and the deploy exports")
     parser.add_argument("--backend", default="auto", choices=["auto", "nndct", "builtin"],
                         help="auto: pytorch_nndct if importable, else the built-in quantizer")
+    parser.add_argument("--vai_release", choices=sorted(RELEASES), default=None,
+                        help="the vai_q_pytorch release whose defaults and file formats apply (default: the "
+                        "installed pytorch_nndct's; the built-in: {}); 2.5 is the Vitis AI 2.5 docker's, the last "
+                        "with DPUCADF8H".format(DEFAULT_RELEASE))
     parser.add_argument("--save_outputs", type=npy_path, metavar="FILE.npy",
-                        help="float/test mode: save the model's outputs on the rows, float32 (n, 1)")
-    parser.add_argument("--seed", type=seed, default=42)
+                        help="float/test mode: save the model's outputs on the rows, float32 (n, 1) "
+                        "(default: not saved)")
+    parser.add_argument("--seed", type=seed, default=42, help="seed of torch and numpy")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    from vaiq.options import split_nndct_args
     _, unknown = split_nndct_args(rest)
     if unknown:
         parser.error("unrecognized arguments: {}".format(" ".join(unknown)))
+    check_supported_values(rest)
     return args
 
 
-def load_backend(name):
-    """(backend name, torch_quantizer) for --backend."""
-    if name in ("auto", "nndct"):
-        try:
-            from pytorch_nndct.apis import torch_quantizer
-            return "nndct", torch_quantizer
-        except ImportError:
-            if name == "nndct":
-                raise InputError("--backend nndct: pytorch_nndct is not installed (it comes with the Vitis AI "
-                                 "docker: conda activate vitis-ai-pytorch); use --backend builtin")
-    from vaiq import torch_quantizer
-    return "builtin", torch_quantizer
+if __name__ == "__main__":
+    # --help and bad flags answer here, before the seconds that torch takes to import; the
+    # --nndct_* values are checked in main.
+    build_parser().parse_known_args()
+
+import torch
+
+from quantization import backend as backends
+from quantization import calibration_record
+from flow.checked_io import InputError, check_output_dir, cli, save_npy, uninterrupted
+from losses import predict, regression_metrics
+from preprocessors import checkpoint_path, load_ffn, make_dataloader
+from set_seed import DEVICE, set_seed
 
 
 def save_outputs(path, outputs):
@@ -128,7 +142,9 @@ def main(argv=None):
     args = parse_args(argv)
     check_flags(args)
     set_seed(args.seed)
-    backend, torch_quantizer = load_backend(args.backend)
+    backend = backends.load(args.backend, args.vai_release)
+    torch_quantizer = backend.torch_quantizer
+    checkpoint = checkpoint_path(args.checkpoint_dir, args.model_name)
     model = load_ffn(args.checkpoint_dir, args.model_name, args.input_size)
     loader = make_dataloader(args.data_dir, args.calib_data, False, args.batch_size, args.subset_len,
                              input_size=args.input_size)
@@ -154,17 +170,17 @@ def main(argv=None):
             seen = []
             quantizer.fast_finetune(loss_on, (quantizer.quant_model, loader, seen))
             print_finetune_losses(seen, predict(model, loader, "float")[0], targets)
-        record = calibration_record.of_run(args, loader.dataset, argv, backend)
+        record = calibration_record.of_run(args, checkpoint, loader.dataset, argv, backend)
         with uninterrupted():
             changes = quantizer.export_quant_config()
             calibration_record.write(args.output_dir, record)
         for change in changes or []:
             print("legalized for the DPU: {}".format(change))
-        print("calib ({}): {} in {} batches -> {}".format(backend, rows, len(loader), args.output_dir))
+        print("calib ({}): {} in {} batches -> {}".format(backend.describe(), rows, len(loader), args.output_dir))
         calibration_record.note_calibration(record)
         return 0
 
-    calibration_record.check(args, loader.dataset, argv, backend)
+    calibration_record.check(args, checkpoint, loader.dataset, argv, backend)
 
     if args.evaluate or args.save_outputs or not args.deploy:
         trace_input = torch.randn(args.batch_size, args.input_size)
@@ -178,7 +194,8 @@ def main(argv=None):
                            "int8": regression_metrics(quant_outputs, targets)})
     if args.deploy:
         deploy(torch_quantizer, model, loader, args)
-    print("test ({}): {}{}".format(backend, rows, " -> deployed to " + args.output_dir if args.deploy else ""))
+    print("test ({}): {}{}".format(backend.describe(), rows,
+                                   " -> deployed to " + args.output_dir if args.deploy else ""))
     return 0
 
 
@@ -188,7 +205,8 @@ def deploy(torch_quantizer, model, loader, args):
     batch = args.deploy_batch or DEFAULT_DEPLOY_BATCH
     if batch > len(loader.dataset):
         raise InputError("--deploy_batch {}: {} has only {} rows".format(batch, loader.dataset.path, len(loader.dataset)))
-    first_rows = loader.dataset.features[:batch].to(DEVICE)
+    # A copy: release 2.5 fake-quantizes its input in place, even a slice of a larger tensor.
+    first_rows = loader.dataset.features[:batch].clone().to(DEVICE)
     quantizer = torch_quantizer("test", model, (first_rows,), output_dir=args.output_dir, device=DEVICE)
     if args.fast_finetune:
         quantizer.load_ft_param()
@@ -196,9 +214,9 @@ def deploy(torch_quantizer, model, loader, args):
         quantizer.quant_model(first_rows)
     with uninterrupted():
         quantizer.export_xmodel(output_dir=args.output_dir, deploy_check=True)
-        quantizer.export_torch_script(output_dir=args.output_dir)
+        backends.export_torch_script(quantizer, args.output_dir)
         quantizer.export_onnx_model(output_dir=args.output_dir)
 
 
 if __name__ == "__main__":
-    cli(main)
+    cli(main, hard_exit=True)   # the real 2.5's ONNX export can hang at interpreter exit

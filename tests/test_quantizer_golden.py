@@ -11,9 +11,12 @@ import pytest
 import torch
 
 import vai_q_pytorch_quant
-from checked_io import load_torch_file
-from vaiq import dpu
-from vaiq.xmodel import read_xmodel
+from flow.checked_io import load_torch_file
+from dpu import reference
+from dpu.xmodel import read_xmodel
+from conftest import X86_GOLDEN
+
+pytestmark = X86_GOLDEN
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 # The FFN cases p1, p2, ...: every folder with a case.json directly inside (layers/ holds
@@ -21,10 +24,11 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 CASES = sorted(c for c in os.listdir(GOLDEN) if os.path.isfile(os.path.join(GOLDEN, c, "case.json")))
 
 
-def run_quant(monkeypatch, case, out_dir, *args):
-    info = json.load(open(os.path.join(GOLDEN, case, "case.json")))
-    argv = ["--data_dir", os.path.join(GOLDEN, case), "--calib_data", info["calib_data"],
-            "--checkpoint_dir", os.path.join(GOLDEN, case), "--model_name", info["model_name"],
+def run_quant(monkeypatch, case, out_dir, *args, golden=GOLDEN):
+    """The script's main on a golden case (a folder of `golden`) with its protocol's flags."""
+    info = json.load(open(os.path.join(golden, case, "case.json")))
+    argv = ["--data_dir", os.path.join(golden, case), "--calib_data", info["calib_data"],
+            "--checkpoint_dir", os.path.join(golden, case), "--model_name", info["model_name"],
             "--input_size", str(info["input_size"]), "--batch_size", str(info["batch_size"]),
             "--output_dir", str(out_dir), "--backend", "builtin"]
     if info["subset_len"] is not None:
@@ -64,14 +68,14 @@ def deployed_outputs(case, x):
     test_outputs = np.load(expected(case, "test_outputs.npy"))
     if case_info(case).get("int_sim_equals_test_outputs", True):
         return test_outputs
-    reference = dpu.outputs(read_xmodel(expected(case, "quantize_result", "FFN_int.xmodel")), x)
+    int_outputs = reference.outputs(read_xmodel(expected(case, "quantize_result", "FFN_int.xmodel")), x)
     fp_in = json.load(open(expected(case, "quantize_result", "quant_info.json")))["output"]["FFN::nndct_input_0"][0][1]
     overflowed = np.zeros(len(x), dtype=bool)
-    overflowed[dpu.int32_overflow_rows(x, fp_in)] = True
+    overflowed[reference.int32_overflow_rows(x, fp_in)] = True
     assert overflowed.any()
-    differ = (reference != test_outputs).any(axis=1)
+    differ = (int_outputs != test_outputs).any(axis=1)
     assert np.array_equal(differ, overflowed)    # only the overflowed rows, and each of them
-    return reference
+    return int_outputs
 
 
 def test_quant_info_equals_golden(calibrated):

@@ -6,37 +6,48 @@ import sys
 
 import torch
 
-from checked_io import InputError
+from flow.checked_io import InputError
 
 from . import export, finetune
-from .int_model import BIT_WIDTH
+from dpu.int_model import BIT_WIDTH
 from .legalize import check_positions, legalize
-from .options import parse_nndct_options
+from .options import DEFAULT_RELEASE, RELEASES, parse_nndct_options
 from .quant_info import QUANT_INFO, read_bias_corr, read_ft_params, read_quant_info, write_quant_info
 from .quant_model import QuantModel
 from .trace import trace_chain
 
 MODES = ("calib", "test")
+# What each release prints when the deploy forward's batch is not 1 (it then exports anyway).
+BATCH_SIZE_ERROR = {
+    "3.5": "[VAIQ_ERROR][QUANTIZER_TORCH_XMODEL_BATCHSIZE]: Batch size must be 1 when exporting xmodel.",
+    "2.5": "[VAIQ_ERROR]: Batch size must be 1 when exporting xmodel.",
+}
 
 
 class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
     def __init__(self, quant_mode, module, input_args=None, output_dir="quantize_result", bitwidth=8,
-                 device=torch.device("cpu"), quant_config_file=None, target=None):
+                 device=torch.device("cpu"), quant_config_file=None, target=None, release=DEFAULT_RELEASE):
+        # release: not an argument of the real API (whose release is the one installed): the
+        # vai_q_pytorch release whose defaults this built-in follows (options.RELEASES).
         if quant_mode not in MODES:
             raise InputError("quant_mode {!r}: the quantizer takes one of {}".format(quant_mode, ", ".join(MODES)))
         if bitwidth != BIT_WIDTH:
             raise InputError("bitwidth {}: the built-in quantizer supports {}-bit only".format(bitwidth, BIT_WIDTH))
         if quant_config_file is not None:
             raise InputError("{}: quant_config_file is not supported by the built-in quantizer".format(quant_config_file))
+        if release not in RELEASES:
+            raise InputError("release {!r}: the built-in quantizer follows {}".format(release, ", ".join(RELEASES)))
         self.quant_mode = quant_mode
         self.output_dir = output_dir
-        self.options = parse_nndct_options(sys.argv[1:])
+        self.release = release
+        self.options = parse_nndct_options(sys.argv[1:], release)
         self.chain = trace_chain(module)
         for message in self.chain.messages:   # what the real quantizer says about these layers
             print(message)
         self.calibration_result, self.ft_params = None, None   # set by fast_finetune
         if quant_mode == "calib":
-            self.quant_model = QuantModel(self.chain, calib=True, param_corr=self.options["nndct_param_corr"])
+            self.quant_model = QuantModel(self.chain, calib=True, param_corr=self.options["nndct_param_corr"],
+                                          corr_rate=self.options["nndct_param_corr_rate"])
         else:
             positions, bias_corrected, self.fast_finetuned = read_quant_info(output_dir, self.chain)
             bias_corr = read_bias_corr(output_dir, self.chain) if bias_corrected else None
@@ -104,11 +115,16 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
 
     def export_xmodel(self, output_dir=None, deploy_check=False):
         self._require("test", "export_xmodel")
+        if self.quant_model.dumps and export.deploy_batch(self.quant_model) != 1:
+            print(BATCH_SIZE_ERROR[self.release])
         export.export_xmodel(self.quant_model, output_dir or self.output_dir, deploy_check)
 
     def export_torch_script(self, output_dir=None):
         self._require("test", "export_torch_script")
         export.export_torch_script(self.quant_model, output_dir or self.output_dir)
+
+    # Release 2.5's name of the same export.
+    export_traced_torch_script = export_torch_script
 
     def export_onnx_model(self, output_dir=None):
         self._require("test", "export_onnx_model")

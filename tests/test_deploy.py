@@ -7,8 +7,11 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import REPO, X86_GOLDEN
 from test_quantizer_golden import CASES, GOLDEN, case_info, deployed_outputs, expected, run_quant
-from vaiq.xmodel import graph_summary, read_graph
+from dpu.xmodel import graph_summary, read_graph
+
+pytestmark = X86_GOLDEN
 
 
 def deploy_args(case):
@@ -56,6 +59,21 @@ def test_torchscript_loads_without_the_project_and_gives_test_outputs(deployed, 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env, check=True)
     assert np.load(str(tmp_path / "y.npy")).tobytes() == np.load(expected(case, "test_outputs.npy")).tobytes()
+
+
+def test_torchscript_holds_no_path_of_this_machine(deployed):
+    """No debug records (they hold the checkout's and torch's absolute paths): the same
+    bytes from any clone, so the committed FFN_int.pt reproduces."""
+    import zipfile
+    _, out = deployed
+    data = (out / "FFN_int.pt").read_bytes()
+    assert REPO.encode() not in data and os.path.dirname(torch_file()).encode() not in data
+    assert not [n for n in zipfile.ZipFile(str(out / "FFN_int.pt")).namelist() if n.endswith(".debug_pkl")]
+
+
+def torch_file():
+    import torch
+    return torch.__file__
 
 
 # The attributes of the operators in the real quantizer's ONNX (IR 11, opset 23) that

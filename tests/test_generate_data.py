@@ -1,5 +1,7 @@
 """Stage 1: generate_data.py writes exactly the recipe's rows, split 75/5/20, reproducibly."""
+import math
 import os
+import platform
 
 import numpy as np
 import pytest
@@ -9,16 +11,27 @@ from conftest import REPO, run_script
 SPLITS = ("train", "valid", "test")
 
 
+def exact(function, x):
+    """function(x) correctly rounded to float64, by mpmath at 300 bits."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workprec(300):
+        return float(function(mpmath.mpf(float(x))))
+
+
 def recipe(n_samples, input_size, seed):
     """The data recipe written out column by column, independently of generate_data.py:
-    x ~ N(0, 1); sin on even columns, cos on odd ones; target = their sum;
-    the features then get 1e-3 Gaussian noise drawn after x from the same stream."""
+    x ~ N(0, 1); sin on even columns, cos on odd ones, correctly rounded; target = their
+    sum from the left; the features then get 1e-3 Gaussian noise drawn after x from the
+    same stream."""
+    mpmath = pytest.importorskip("mpmath")
     np.random.seed(seed)
     x = np.random.randn(n_samples, input_size)
     clean = np.empty_like(x)
     for j in range(input_size):
-        clean[:, j] = np.sin(x[:, j]) if j % 2 == 0 else np.cos(x[:, j])
-    target = clean.sum(axis=1)
+        clean[:, j] = [exact(mpmath.sin if j % 2 == 0 else mpmath.cos, v) for v in x[:, j]]
+    target = clean[:, 0].copy()
+    for j in range(1, input_size):
+        target = target + clean[:, j]
     noisy = clean + 1e-3 * np.random.randn(n_samples, input_size)
     return np.column_stack([noisy, target])
 
@@ -68,15 +81,36 @@ def test_same_seed_same_bytes_other_seed_other_rows(tmp_path):
 
 
 def test_committed_data_is_the_makefile_recipe(tmp_path):
-    again = generate(tmp_path, "--n_samples", 10000, "--seed", 42)
-    if tuple(int(part) for part in np.__version__.split(".")[:2]) >= (1, 24):
-        assert read_bytes(os.path.join(REPO, "data")) == read_bytes(tmp_path)
-    else:  # numpy 1.22 and 1.23 (the Vitis AI 3.5 docker's): sin and cos differ by 1 ulp on AVX-512,
-        # measured 4.4e-16 at most (values of order 1; near 0 that is many ulp of the value)
-        for name in SPLITS:
-            committed = np.load(os.path.join(REPO, "data", name + ".npy"))
-            assert committed.shape == again[name].shape
-            np.testing.assert_allclose(again[name], committed, rtol=0, atol=1e-15)
+    """Byte for byte on every numpy: sin and cos do not go through numpy or libm."""
+    generate(tmp_path, "--n_samples", 10000, "--seed", 42)
+    assert read_bytes(os.path.join(REPO, "data")) == read_bytes(tmp_path)
+
+
+# numpy's SIMD loops switched off, and glibc's FMA/AVX2 variants of its math functions
+# (libm's sin and cos differ between them in the last bit on about 1 value in 1000)
+OTHER_CPU = {"NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512_SKX AVX2 FMA3 F16C AVX",
+             "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX512F"}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 CPU features")
+def test_the_same_bytes_without_simd(tmp_path, monkeypatch):
+    generate(tmp_path / "native", "--n_samples", 3000, "--seed", 42)
+    for name, value in OTHER_CPU.items():
+        monkeypatch.setenv(name, value)
+    generate(tmp_path / "plain", "--n_samples", 3000, "--seed", 42)
+    assert read_bytes(tmp_path / "native") == read_bytes(tmp_path / "plain")
+
+
+@pytest.mark.parametrize("x", [0.0, -0.0, 5e-324, -2.0 ** -28, 2.0 ** -28, 3.3e-5, 1.5707963267948966,
+                               3.141592653589793, -7.9, 12.0, -25.3])
+def test_sin_cos_are_correctly_rounded(x):
+    import generate_data
+    mpmath = pytest.importorskip("mpmath")
+
+    s, c = generate_data.sin_cos(x)
+    assert (s, c) == (exact(mpmath.sin, x), exact(mpmath.cos, x))
+    if abs(x) < 1e-3:   # the sign of a zero or tiny x is kept
+        assert math.copysign(1, s) == math.copysign(1, x)
 
 
 def test_the_smallest_count_splits_into_every_file(tmp_path):

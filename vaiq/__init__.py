@@ -1,7 +1,7 @@
 """The built-in quantizer: what vai_q_pytorch (pytorch_nndct) computes for chains of
 Linear and ReLU layers, bit for bit, for machines without the Vitis AI docker."""
 
-__all__ = ["torch_quantizer"]
+__all__ = ["torch_quantizer", "QatProcessor"]
 
 
 def __getattr__(name):
@@ -10,4 +10,7 @@ def __getattr__(name):
     if name == "torch_quantizer":
         from .quantizer import torch_quantizer
         return torch_quantizer
+    if name == "QatProcessor":
+        from .qat import QatProcessor
+        return QatProcessor
     raise AttributeError(name)

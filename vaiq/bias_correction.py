@@ -9,11 +9,9 @@ averages, the thresholds, the step) is float64, in the order of the spec
 import numpy as np
 import torch
 
-RATE = 0.05
-
-
 class BiasCorrection:
-    def __init__(self, weight, bias):
+    def __init__(self, weight, bias, rate):
+        self.rate = rate   # --nndct_param_corr_rate: 0.05 in release 3.5, 0.1 in 2.5 (options.py)
         self.weight = weight.detach().clone()   # the float parameters the error is measured against
         self.bias = bias.detach().clone()
         self.eff_avg = np.float64(0)   # numpy float64 scalars, as in the real quantizer
@@ -45,7 +43,7 @@ class BiasCorrection:
             return None
         self.eff_avg = (4 * self.eff_avg + eff) / 5
         self.dev_avg = (4 * self.dev_avg + dev) / 5
-        step = RATE / 2 if self.eff_avg > 4.0 else RATE
+        step = self.rate / 2 if self.eff_avg > 4.0 else self.rate
         with np.errstate(divide="ignore", invalid="ignore"):   # an average of exactly 0 gives inf, as there
             settled = self.dev_avg / self.eff_avg < 0.05 or abs(dev - self.dev_avg / dev) < 0.05
         if self.eff_avg > 4.3 or settled:

@@ -15,8 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bias_correction import BiasCorrection
-from .fixpoint import HALF_AWAY, HALF_UP, INPUT_SCOPE, PARAM_SCOPE, fake_quantize, fix_position, overflow_mask
-from .int_model import LEAKY_RELU_ALPHA
+from .fixpoint import (HALF_AWAY, HALF_UP, INPUT_SCOPE, PARAM_SCOPE, fake_quantize, fake_quantize_within_int32,
+                       fix_position, overflow_mask, search, searched_values, within_int32)
+from dpu.int_model import LEAKY_RELU_ALPHA
 from .trace import DENSE, LEAKY_RELU, RELU, RELU6
 
 
@@ -66,12 +67,13 @@ def history_mode(history):
 
 
 class QuantModel(nn.Module):
-    def __init__(self, chain, calib, positions=None, bias_corr=None, param_corr=True):
+    def __init__(self, chain, calib, positions=None, bias_corr=None, param_corr=True, corr_rate=0.05):
         super().__init__()
         self.chain = chain
         self.calib = calib
         self.positions = positions if positions is not None else {"param": {}, "output": {}}
         self.history = {key: collections.Counter() for key in chain.activation_tensors()}
+        self.history_modes = {}   # history_mode of each history, kept as it grows
         # Float parameters, kept apart from the caller's model (it stays unchanged);
         # `params` are the ones in use, on their grids once calibrated.
         self.float_params = [layer.float_params() for layer in chain.layers]
@@ -83,7 +85,7 @@ class QuantModel(nn.Module):
         self.overflow_warned = set()   # tensors whose int32 overflow was reported
         if calib:
             if param_corr:   # Linear layers only: BatchNorm1d parameters are not corrected
-                self.corrections = [BiasCorrection(w, b) if layer.kind == DENSE else None
+                self.corrections = [BiasCorrection(w, b, corr_rate) if layer.kind == DENSE else None
                                     for layer, (w, b) in zip(chain.layers, self.float_params)]
         else:
             self.use_test_params(self.float_params, bias_corr)
@@ -115,15 +117,29 @@ class QuantModel(nn.Module):
                                 fake_quantize(bias, param[layer.bias_key], HALF_AWAY)))
         self.params_ready = True
 
-    def activation(self, key, x, scope):
+    def activation(self, key, x, scope, non_negative=False):
         """Fake-quantize an activation; in calib mode its position is the mode of
-        the per-batch history, this batch's candidate included."""
+        the per-batch history, this batch's candidate included. non_negative: x is
+        a ReLU's output."""
+        found = None
         if self.calib:
-            self.history[key][fix_position(x, scope, HALF_UP, key)] += 1
-            self.positions["output"][key] = history_mode(self.history[key])
+            mode = self.history_modes.get(key)
+            found = search(x, scope, HALF_UP, key, non_negative, wanted=mode)
+            self.history[key][found.position] += 1
+            if found.position != mode:   # else the mode only became more frequent
+                self.history_modes[key] = history_mode(self.history[key])
+            self.positions["output"][key] = self.history_modes[key]
         fp = self.positions["output"][key]
-        self.warn_overflow(key, x, fp)
-        x = fake_quantize(x, fp, HALF_UP)
+        if found is not None and within_int32(found.x_min, found.x_max, fp):
+            # The search saw x's range: nothing to warn about, and the same bits from fewer
+            # kernels (or none, where the search computed them).
+            quantized = searched_values(found, fp, x)
+            if quantized is None:
+                quantized = fake_quantize_within_int32(x, fp, HALF_UP, found.x_min, found.x_max)
+            x = quantized
+        else:
+            self.warn_overflow(key, x, fp)
+            x = fake_quantize(x, fp, HALF_UP)
         self.record(key, x)
         return x
 
@@ -158,7 +174,8 @@ class QuantModel(nn.Module):
             if self.corrections is not None and self.corrections[k] is not None:
                 self.corrections[k].update(x, out, bias)
             if layer.activation:
-                out = self.activation(layer.act_node, activate(layer, out), PARAM_SCOPE)
+                out = self.activation(layer.act_node, activate(layer, out), PARAM_SCOPE,
+                                      non_negative=layer.activation in (RELU, RELU6))
             x = out
         return x
 

@@ -25,7 +25,7 @@ DOCKERS = {
     "vitis-ai-3.5": ("3.8", {"torch": "1.13.1", "numpy": "1.22.4", "protobuf": "3.20.3"}),
 }
 PINNED = ("torch", "numpy", "protobuf")
-PACKAGES = ("vaiq", "dpu", "flow", "quantization", "tools")
+PACKAGES = ("vaiq", "dpu", "flow", "quantization", "hls", "reporting", "tools")
 
 
 # ---------------------------------------------------------------- Python 3.7 syntax

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO, assert_clean_error, run_script, snapshot
 
 import hls4ml_project
+from hls import project
 from dpu import reference
 from vaiq.legalize import shift_bias
 from dpu.xmodel import read_graph, read_xmodel, serialize_graph, write_xmodel
@@ -233,10 +234,10 @@ def test_build_steps_are_the_compiles_and_the_link(tmp_path):
             '${CC} ${CFLAGS} -shared ${PROJECT}.o ${PROJECT}_bridge.o -o firmware/${PROJECT}-${LIB_STAMP}.so\n')
     script = tmp_path / "build_lib.sh"
     script.write_text(text)
-    assert len(hls4ml_project.build_steps(str(script))) == 3
-    assert hls4ml_project.describe_step('g++ -O3 -D WEIGHTS_DIR="\\"/x/weights\\"" -c firmware/ffn.cpp -o ffn.o') == \
+    assert len(project.build_steps(str(script))) == 3
+    assert project.describe_step('g++ -O3 -D WEIGHTS_DIR="\\"/x/weights\\"" -c firmware/ffn.cpp -o ffn.o') == \
         "g++ -c firmware/ffn.cpp"
-    assert hls4ml_project.describe_step("g++ -O3 -shared ffn.o ffn_bridge.o -o firmware/ffn-1.so") == \
+    assert project.describe_step("g++ -O3 -shared ffn.o ffn_bridge.o -o firmware/ffn-1.so") == \
         "g++ link firmware/ffn-1.so"
 
 

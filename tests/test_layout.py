@@ -15,6 +15,8 @@ SHARED = ("model", "preprocessors", "losses", "runner", "set_seed")
 # Each package, and the packages it may import (lower floors only).
 PACKAGES = {
     "quantization": ("vaiq", "dpu", "flow"),
+    "hls": ("dpu", "flow"),
+    "reporting": ("dpu", "flow"),
     "vaiq": ("dpu", "flow"),
     "dpu": ("flow",),
     "flow": (),

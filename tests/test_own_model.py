@@ -11,7 +11,7 @@ import sys
 
 from conftest import REPO, assert_clean_error
 
-SCRIPTS = [f for f in os.listdir(REPO) if f.endswith(".py")] + ["vaiq", "dpu", "flow", "quantization", "compile.sh"]
+SCRIPTS = [f for f in os.listdir(REPO) if f.endswith(".py")] + ["vaiq", "dpu", "flow", "quantization", "hls", "reporting", "compile.sh"]
 
 HEAD = '''import torch.nn as nn
 import torch.nn.functional as F

@@ -37,7 +37,7 @@ import torch
 
 from flow import checked_io
 import generate_data
-import report
+from reporting import page as report
 import vai_q_pytorch_quant
 import vaiq.export
 from flow.checked_io import InputError, atomic_path, load_npy, save_npy, torch_save, write_text
@@ -145,7 +145,7 @@ CHAIN = [
 # .data/serialization_id is a hash of its records, as in every torch.save file;
 # its debug info holds the absolute paths of vaiq/export.py and of the torch
 # sources (not the workspace), so its bytes are the same for one checkout and
-# venv. The PNGs carry no software version or date (report.PNG_METADATA).
+# venv. The PNGs carry no software version or date (reporting/page.py: PNG_METADATA).
 DEPLOY_CHECK = "quantize_result/deploy_check_data_int/FFN/"
 OUTPUTS = {
     "generate_data": ["data/test.npy", "data/train.npy", "data/valid.npy"],

@@ -9,6 +9,7 @@ from flow.checked_io import InputError
 from conftest import assert_clean_error, run_script, snapshot
 
 import report
+from reporting import page
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "golden")
 CASE = os.path.join(GOLDEN, "p1_trained_in2")
@@ -28,7 +29,8 @@ def golden_args(tmp_path, **changes):
         (logs / "valid.csv").write_text(VALID_CSV)
     flags = {"data_dir": CASE, "eval_data": "calib.npy", "input_size": 2, "checkpoint_dir": CASE,
              "model_name": "float_state_dict.pth", "log_dir": logs,
-             "quant_dir": os.path.join(EXPECTED, "quantize_result"), "output_dir": tmp_path / "report"}
+             "quant_dir": os.path.join(EXPECTED, "quantize_result"), "output_dir": tmp_path / "report",
+             "qat_dir": tmp_path / "no_qat_result"}
     flags.update(changes)
     return [str(item) for key, value in flags.items() for item in ("--" + key, value)]
 
@@ -172,7 +174,7 @@ def test_layer_table_of_a_batchnorm_leaky_model():
     from dpu.xmodel import read_xmodel
     layers = os.path.join(os.path.dirname(__file__), "fixtures", "golden", "layers")
     model = read_xmodel(os.path.join(layers, "V5", "expected", "quantize_result", "FFN_V5_int.xmodel"))
-    lines, n_bad = report.layer_table(model)
+    lines, n_bad = page.layer_table(model)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert [(c[0], c[1], c[2]) for c in cells] == [("l1", "matmul", "none"), ("bn1", "scale", "relu"),
                                                     ("l2", "matmul", "none"), ("bn2", "scale", "relu"),
@@ -191,3 +193,23 @@ def test_hls_outputs_with_other_columns_name_the_expected_shape(tmp_path, shape)
                                "hls4ml_project.py --save_outputs writes it)".format(hls, shape[1]))
     assert "input_size" not in result.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_a_qat_result_adds_its_loss_curve_and_its_row(tmp_path):
+    """The committed qat_result/: its train.csv and valid.csv plotted, its xmodel's int8 MSE
+    on the rows beside the PTQ one's, from the integer reference."""
+    from conftest import REPO
+    from dpu import reference
+    from dpu.xmodel import read_xmodel
+
+    qat = os.path.join(REPO, "qat_result")
+    assert report.main(golden_args(tmp_path, qat_dir=qat)) == 0
+    assert (tmp_path / "report" / "qat_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "![QAT loss per epoch](qat_loss.png)" in text
+    rows = {row["model"]: row for row in markdown_table(text, "model")}
+    data = np.load(os.path.join(CASE, "calib.npy"))
+    outputs = reference.outputs(read_xmodel(os.path.join(qat, "FFN_0_int.xmodel")), data[:, :2].astype(np.float32))
+    mse = float(np.mean((outputs[:, 0].astype(np.float64) - data[:, 2].astype(np.float32).astype(np.float64)) ** 2))
+    assert float(rows["int8 QAT ({})".format(os.path.join(qat, "FFN_0_int.xmodel"))]["mse"]) == \
+        pytest.approx(mse, rel=1e-5)

@@ -1,0 +1,1 @@
+"""The report stage's page and plots (reporting/page.py). It imports dpu and flow only."""

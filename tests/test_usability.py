@@ -21,10 +21,8 @@ from model import FFN
 GOLDEN = os.path.join(REPO, "tests", "fixtures", "golden", "p1_trained_in2")
 
 SCRIPTS = ["generate_data.py", "run.py", "vai_q_pytorch_quant.py", "simulate.py", "hls4ml_project.py", "report.py",
-           "tools/quant_quality.py", "dpu.preflight",
-           pytest.param("tools/benchmark.py", marks=pytest.mark.xfail(
-               strict=True, reason="tools/benchmark.py was not this change's to edit: it imports torch before "
-                                   "parsing its flags, and six of them have no help text"))]
+           "tools/quant_quality.py", "dpu.preflight", "tools/benchmark.py", "tools/real_quantizer_check.py",
+           "vai_q_pytorch_qat.py"]
 
 
 def help_entries(text):

@@ -48,9 +48,51 @@ from flow import kernels, start_stage
 
 start_stage(__name__)   # first: kernels pinned and Ctrl-C handled before torch is imported
 
+from flow.checked_io import ArgumentParser, positive_float, positive_int, seed  # noqa: E402
+
+
+def non_negative_int(text):
+    value = int(text) if text.strip().lstrip("-").isdigit() else None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError("must be a whole number, 0 or more, got {!r}".format(text))
+    return value
+
+
+def parse_args():
+    """The flags; needs only argparse, so that --help and bad flags answer before torch is imported."""
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n_samples", type=positive_int, default=10000, help="rows of the generated data")
+    parser.add_argument("--input_size", type=positive_int, default=2, help="features per row and the FFN's inputs")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="rows per batch, training and quantizer")
+    parser.add_argument("--lr", type=positive_float, default=1e-1, help="learning rate of the training")
+    parser.add_argument("--n_epochs", type=positive_int, default=32, help="epochs of the two trainings")
+    parser.add_argument("--seed", type=seed, default=42, help="seed of the data, the weights and the shuffling")
+    parser.add_argument("--work_dir", help="keep the outputs here (default: a temporary folder, removed at the end)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds of the start-up commands")
+    parser.add_argument("--thread_rows", type=positive_int, default=20000, help="rows of the thread measurement")
+    parser.add_argument("--thread_epochs", type=positive_int, default=4, help="epochs of the thread measurement")
+    parser.add_argument("--pin_rounds", type=non_negative_int, default=3,
+                        help="rounds of the pinned-against-native measurement, each stage a subprocess (0: not measured)")
+    parser.add_argument("--pin_epochs", type=positive_int, default=4,
+                        help="training epochs of the pinned-against-native measurement")
+    parser.add_argument("--pin_rows", type=positive_int, default=100000,
+                        help="random rows of the FFN(64) calibration timed pinned and native (and against the real "
+                             "quantizer)")
+    parser.add_argument("--real_python", metavar="PATH",
+                        help="a Python in which pytorch_nndct (the real vai_q_pytorch) imports: time the same "
+                             "calibration with it, both pinned, taking turns (default: none; where it does not "
+                             "import, a note says so)")
+    parser.add_argument("--pinning_only", action="store_true",
+                        help="measure only what the pinned kernels cost (and --real_python's calibration)")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    parse_args()
+
 import torch
 
-from flow.checked_io import ArgumentParser, cli, positive_float, positive_int, seed, torch_save
+from flow.checked_io import cli, torch_save  # noqa: E402
 from losses import MSE
 from model import FFN
 from preprocessors import make_dataloader
@@ -431,41 +473,10 @@ def print_against_real(times, args):
                                 MAX_VS_REAL, "ok" if ratio <= MAX_VS_REAL else "over"))
 
 
-def non_negative_int(text):
-    value = int(text) if text.strip().lstrip("-").isdigit() else None
-    if value is None or value < 0:
-        raise argparse.ArgumentTypeError("must be a whole number, 0 or more, got {!r}".format(text))
-    return value
-
-
 # ---------------------------------------------------------------- main
 
 def main():
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n_samples", type=positive_int, default=10000, help="rows of the generated data")
-    parser.add_argument("--input_size", type=positive_int, default=2, help="features per row and the FFN's inputs")
-    parser.add_argument("--batch_size", type=positive_int, default=64, help="rows per batch, training and quantizer")
-    parser.add_argument("--lr", type=positive_float, default=1e-1, help="learning rate of the training")
-    parser.add_argument("--n_epochs", type=positive_int, default=32, help="epochs of the two trainings")
-    parser.add_argument("--seed", type=seed, default=42, help="seed of the data, the weights and the shuffling")
-    parser.add_argument("--work_dir", help="keep the outputs here (default: a temporary folder, removed at the end)")
-    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds of the start-up commands")
-    parser.add_argument("--thread_rows", type=positive_int, default=20000, help="rows of the thread measurement")
-    parser.add_argument("--thread_epochs", type=positive_int, default=4, help="epochs of the thread measurement")
-    parser.add_argument("--pin_rounds", type=non_negative_int, default=3,
-                        help="rounds of the pinned-against-native measurement, each stage a subprocess (0: not measured)")
-    parser.add_argument("--pin_epochs", type=positive_int, default=4,
-                        help="training epochs of the pinned-against-native measurement")
-    parser.add_argument("--pin_rows", type=positive_int, default=100000,
-                        help="random rows of the FFN(64) calibration timed pinned and native (and against the real "
-                             "quantizer)")
-    parser.add_argument("--real_python", metavar="PATH",
-                        help="a Python in which pytorch_nndct (the real vai_q_pytorch) imports: time the same "
-                             "calibration with it, both pinned, taking turns (default: none; where it does not "
-                             "import, a note says so)")
-    parser.add_argument("--pinning_only", action="store_true",
-                        help="measure only what the pinned kernels cost (and --real_python's calibration)")
-    args = parser.parse_args()
+    args = parse_args()
 
     # The first set_seed imports part of torch (deterministic-algorithm checks);
     # done here so that its one-off second is charged to neither training.

@@ -37,7 +37,7 @@ def read(folder, *parts):
         return f.read()
 
 
-@pytest.mark.parametrize("name", ["quant_info.json", "calibration.json", "FFN_int.onnx", "FFN_int.pt",
+@pytest.mark.parametrize("name", ["quant_info.json", "calibration.json", "FFN_int.onnx",
                                   "deploy_check_data_int/FFN/shape.txt"])
 def test_committed_file_equals_a_regeneration(regenerated, name):
     shipped, again = read(SHIPPED, name), read(regenerated, name)
@@ -71,3 +71,19 @@ def test_committed_xmodel_on_the_integer_reference_gives_the_documented_mse():
     outputs = reference.outputs(model, rows[:, :2])
     mse = float(np.mean((outputs[:, 0].astype(np.float64) - rows[:, 2]) ** 2))
     assert mse == pytest.approx(2.216261e-04, rel=1e-6)
+
+
+def test_committed_torchscript_equals_the_deploy_command(tmp_path):
+    """FFN_int.pt byte for byte from the Makefile's deploy command, run from a copy of the
+    checkout elsewhere: no path of the machine in it. (A process that traced before names
+    its classes ___torch_mangle_N, so this runs the command in a fresh one.)"""
+    import shutil
+    import subprocess
+    import sys
+    work = tmp_path / "elsewhere"
+    for folder in ("data", "checkpoints", "quantize_result"):
+        shutil.copytree(os.path.join(REPO, folder), str(work / folder))
+    command = [sys.executable, os.path.join(REPO, "vai_q_pytorch_quant.py"), "--data_dir", "data", "--quant_mode",
+               "test", "--deploy", "--deploy_batch", "1", "--batch_size", "64", "--backend", "builtin"]
+    subprocess.run(command, cwd=str(work), check=True, stdout=subprocess.DEVNULL)
+    assert read(work / "quantize_result", "FFN_int.pt") == read(SHIPPED, "FFN_int.pt")

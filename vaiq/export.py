@@ -143,8 +143,10 @@ def _without_debug_info(source, path):
     the bytes would differ from one clone to the next. torch.jit.load does not need them."""
     reader = torch._C.PyTorchFileReader(source)
     writer = torch._C.PyTorchFileWriter(path)   # names the archive after path's file name
+    # The writer adds its own version record (at least the archive's) and id at the end.
+    writer.set_min_version(int(reader.get_record("version")))
     for name in reader.get_all_records():
-        if not name.endswith(".debug_pkl") and name != ".data/serialization_id":   # the writer adds its own id
+        if not name.endswith(".debug_pkl") and name not in ("version", ".data/serialization_id"):
             data = reader.get_record(name)
             writer.write_record(name, data, len(data))
     writer.write_end_of_file()

@@ -117,7 +117,9 @@ def test_fast_finetune_must_match(work):
     assert_refused(work, TEST + ("--fast_finetune",), "calibrated without --fast_finetune, this run is with it",
                    "--fast_finetune")
     assert quant(work, *CALIB, "--fast_finetune").returncode == 0
-    assert_refused(work, TEST, "calibrated with --fast_finetune, this run is without it")
+    assert_refused(work, TEST, "calibrated with --fast_finetune, this run is without it: add --fast_finetune to "
+                   "use the finetuned parameters, or recalibrate without it, which discards them",
+                   "recalibrate: python vai_q_pytorch_quant.py --quant_mode calib")
 
 
 def test_other_evaluation_rows_are_noted_not_refused(work):

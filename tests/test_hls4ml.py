@@ -216,6 +216,7 @@ def test_project_targets_the_u250_and_is_the_same_bytes_twice(runs):
     assert "written in" in run.stdout and "C simulation built in" in run.stdout and "rows run in" in run.stdout
 
 
+@needs_hls4ml
 def test_the_build_shows_a_line_per_step_in_a_log(runs):
     """The 7 to 28 s of g++: on a terminal a bar, in a log (here: a pipe) a plain line per step."""
     run, out, _ = runs[CASES[0]]

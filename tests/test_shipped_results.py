@@ -77,9 +77,13 @@ def test_committed_torchscript_equals_the_deploy_command(tmp_path):
     """FFN_int.pt byte for byte from the Makefile's deploy command, run from a copy of the
     checkout elsewhere: no path of the machine in it. (A process that traced before names
     its classes ___torch_mangle_N, so this runs the command in a fresh one.)"""
+    import json
     import shutil
     import subprocess
     import sys
+    made_with = json.load(open(os.path.join(SHIPPED, "quant_info.json")))["version"].split("+torch")[-1]
+    if torch.__version__.split("+")[0] != made_with:   # the archive's bytes follow torch's release
+        pytest.skip("FFN_int.pt was written by torch {}, this is {}".format(made_with, torch.__version__))
     work = tmp_path / "elsewhere"
     for folder in ("data", "checkpoints", "quantize_result"):
         shutil.copytree(os.path.join(REPO, folder), str(work / folder))

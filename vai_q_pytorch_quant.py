@@ -168,7 +168,8 @@ def main(argv=None):
                            "int8 (calib)": regression_metrics(calib_outputs, targets)})
         if args.fast_finetune:
             seen = []
-            quantizer.fast_finetune(loss_on, (quantizer.quant_model, loader, seen))
+            last_batch = len(loader.dataset) - (len(loader) - 1) * args.batch_size
+            backends.fast_finetune(backend, quantizer, loss_on, (quantizer.quant_model, loader, seen), last_batch)
             print_finetune_losses(seen, predict(model, loader, "float")[0], targets)
         record = calibration_record.of_run(args, checkpoint, loader.dataset, argv, backend)
         with uninterrupted():

@@ -68,6 +68,18 @@ def export_torch_script(quantizer, output_dir):
     export(output_dir=output_dir)
 
 
+def fast_finetune(backend, quantizer, run_fn, run_args, last_batch):
+    """quantizer.fast_finetune(run_fn, run_args). The real 2.5 learns the batch size from the
+    first layer's 4-D outputs only, so for dense layers it stays None and its memory check
+    fails (TypeError in adaquant.is_cached); 3.x also counts dense outputs. Given here as 3.x
+    finds it, the last batch's rows; 2.5 uses it only for that check and to halve the
+    learning rate at batch 1."""
+    if backend.name == NNDCT and backend.release == "2.5":
+        quantizer.processor.advanced_quant_setup()
+        quantizer.processor.adaquant._batch_size = last_batch
+    quantizer.fast_finetune(run_fn, run_args)
+
+
 class QatBackend(object):
     """The QatProcessor that runs quantization-aware training (vai_q_pytorch_qat.py), and the
     QuantStub class its models take."""

@@ -23,6 +23,15 @@ RECORDING_PACKAGE = textwrap.dedent('''
         with open(LOG, "a") as f:
             f.write(json.dumps([str(part) for part in call]) + "\\n")
 
+    class Processor:
+        """2.5's: fast finetune reads the batch size its hook found from adaquant._batch_size,
+        which 2.5's hook leaves None for dense layers, and then fails."""
+        adaquant = None
+
+        def advanced_quant_setup(self):
+            if self.adaquant is None:
+                self.adaquant = type("AdvancedQuantProcessor", (), {"_batch_size": None})()
+
     class torch_quantizer:
         RELEASE_2_5 = os.environ.get("NNDCT_RELEASE") == "2.5"
 
@@ -31,6 +40,14 @@ RECORDING_PACKAGE = textwrap.dedent('''
                    " ".join(a for a in sys.argv if a.startswith("--nndct")))
             self._q = vaiq.torch_quantizer(quant_mode, module, input_args, output_dir=output_dir)
             self.quant_model = self._q.quant_model
+            self.processor = Processor()
+
+        def fast_finetune(self, run_fn, run_args):
+            self.processor.advanced_quant_setup()
+            if self.RELEASE_2_5 and self.processor.adaquant._batch_size is None:
+                raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'int'")
+            record("fast_finetune", self.processor.adaquant._batch_size)
+            return self._q.fast_finetune(run_fn, run_args)
 
         def __getattr__(self, name):
             if name == ("export_torch_script" if self.RELEASE_2_5 else "export_traced_torch_script"):
@@ -126,6 +143,16 @@ def test_release_2_5_is_driven_by_its_own_api_names(nndct25_env):
     quant(work, "--quant_mode", "test", "--deploy")
     assert [c[0] for c in calls(log)] == ["torch_quantizer", "export_xmodel", "export_traced_torch_script",
                                            "export_onnx_model"]
+
+
+def test_release_2_5_fast_finetune_is_given_the_batch_size_its_hook_misses(nndct25_env):
+    work, log = nndct25_env   # 1000 calibration rows: 15 batches of 64 and a last one of 40
+    assert "calib (nndct, vai_q_pytorch 2.5)" in quant(work, "--quant_mode", "calib", "--fast_finetune")
+    assert calls(log)[1] == ["fast_finetune", "40"]
+    log.unlink()
+    quant(work, "--quant_mode", "test", "--fast_finetune", "--deploy")
+    assert [c[0] for c in calls(log)] == ["torch_quantizer", "load_ft_param", "export_xmodel",
+                                           "export_traced_torch_script", "export_onnx_model"]
 
 
 def test_release_2_5_refuses_a_3_5_calibration_in_one_line(nndct25_env):

@@ -29,6 +29,12 @@ X86_GOLDEN = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
                                 reason="compares float bits with goldens made by x86-64 CPU kernels")
 
 
+# The shipped model.py up to its forward (imports and the three layers): tests that
+# change model.py append their own layers and forward to it.
+with open(os.path.join(REPO, "model.py")) as _f:
+    MODEL_PY_HEAD = _f.read().split("\n    def forward")[0] + "\n"
+
+
 def script_command(script):
     """The command that runs `script`: a file of the repository ("run.py", "tools/benchmark.py")
     or a module of its packages ("dpu.preflight", run with -m as compile.sh does)."""

@@ -9,22 +9,11 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO, assert_clean_error
+from conftest import MODEL_PY_HEAD, REPO, assert_clean_error
 
 SCRIPTS = [f for f in os.listdir(REPO) if f.endswith(".py")] + ["vaiq", "dpu", "flow", "quantization", "hls", "reporting", "compile.sh"]
 
-HEAD = '''import torch.nn as nn
-import torch.nn.functional as F
-
-
-class FFN(nn.Module):
-    def __init__(self, input_size=2):
-        super().__init__()
-        self.l1 = nn.Linear(input_size, 3 * input_size)
-        self.l2 = nn.Linear(3 * input_size, 2 * input_size)
-        self.l3 = nn.Linear(2 * input_size, 1)
-'''
-LEAKY_BN = HEAD + '''        self.bn1 = nn.BatchNorm1d(3 * input_size)
+LEAKY_BN = MODEL_PY_HEAD + '''        self.bn1 = nn.BatchNorm1d(3 * input_size)
         self.act1 = nn.LeakyReLU(0.1015625)
         self.drop = nn.Dropout(0.1)
 
@@ -32,7 +21,7 @@ LEAKY_BN = HEAD + '''        self.bn1 = nn.BatchNorm1d(3 * input_size)
         x = self.drop(self.act1(self.bn1(self.l1(x))))
         return self.l3(F.leaky_relu(self.l2(x), 0.1))
 '''
-HARDTANH = HEAD + '''        self.act = nn.Hardtanh()
+HARDTANH = MODEL_PY_HEAD + '''        self.act = nn.Hardtanh()
 
     def forward(self, x):
         return self.l3(F.relu(self.l2(self.act(self.l1(x)))))

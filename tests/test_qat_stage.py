@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_clean_error, run_script, snapshot
+from conftest import MODEL_PY_HEAD, REPO, assert_clean_error, run_script, snapshot
 from dpu.simulation import load_model, run_reference
 from flow.checked_io import load_torch_file
 
@@ -251,25 +251,14 @@ def test_without_pytorch_nndct_backend_nndct_is_refused_in_one_line(work):
 
 # ---------------------------------------------------------------- another chain in model.py
 
-MODEL_HEAD = '''import torch.nn as nn
-import torch.nn.functional as F
-
-
-class FFN(nn.Module):
-    def __init__(self, input_size=2):
-        super().__init__()
-        self.l1 = nn.Linear(input_size, 3 * input_size)
-        self.l2 = nn.Linear(3 * input_size, 2 * input_size)
-        self.l3 = nn.Linear(2 * input_size, 1)
-'''
-LEAKY = MODEL_HEAD + '''        self.act1 = nn.LeakyReLU(0.1015625)
+LEAKY = MODEL_PY_HEAD + '''        self.act1 = nn.LeakyReLU(0.1015625)
         self.drop = nn.Dropout(0.1)
 
     def forward(self, x):
         x = self.drop(self.act1(self.l1(x)))
         return self.l3(F.leaky_relu(self.l2(x), 0.1))
 '''
-BATCH_NORM = MODEL_HEAD + '''        self.bn1 = nn.BatchNorm1d(3 * input_size)
+BATCH_NORM = MODEL_PY_HEAD + '''        self.bn1 = nn.BatchNorm1d(3 * input_size)
 
     def forward(self, x):
         return self.l3(F.relu(self.l2(F.relu(self.bn1(self.l1(x))))))

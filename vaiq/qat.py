@@ -450,29 +450,29 @@ def _quantizer_modules(model):
     return [module for module in model.modules() if isinstance(module, TQTQuantizer)]
 
 
-def enable_quant(model):
+def _set_on_quantizers(model, setter, flag):
     for quantizer in _quantizer_modules(model):
-        quantizer.enable_quant(True)
+        getattr(quantizer, setter)(flag)
+
+
+def enable_quant(model):
+    _set_on_quantizers(model, "enable_quant", True)
 
 
 def disable_quant(model):
-    for quantizer in _quantizer_modules(model):
-        quantizer.enable_quant(False)
+    _set_on_quantizers(model, "enable_quant", False)
 
 
 def enable_warmup(model):
-    for quantizer in _quantizer_modules(model):
-        quantizer.enable_warmup(True)
+    _set_on_quantizers(model, "enable_warmup", True)
 
 
 def disable_warmup(model):
-    for quantizer in _quantizer_modules(model):
-        quantizer.enable_warmup(False)
+    _set_on_quantizers(model, "enable_warmup", False)
 
 
 def freeze_quant(model):
-    for quantizer in _quantizer_modules(model):
-        quantizer.freeze(True)
+    _set_on_quantizers(model, "freeze", True)
 
 
 # The trainable model's methods besides its forward, as the real tool attaches them.

@@ -36,24 +36,40 @@ def release_of(version, torch_quantizer):
     return "3.5" if hasattr(torch_quantizer, "export_torch_script") else "2.5"
 
 
+def _import_real(name, what):
+    """pytorch_nndct and the names `what` imports from it, for --backend NAME (auto,
+    nndct, builtin); None where the built-in runs (builtin, or auto without the package)."""
+    if name not in ("auto", NNDCT):
+        return None
+    try:
+        import pytorch_nndct
+    except ImportError:
+        if name == NNDCT:
+            raise InputError("--backend nndct: pytorch_nndct is not installed (it comes with the Vitis AI "
+                             "docker: conda activate vitis-ai-pytorch); use --backend builtin")
+        return None
+    try:
+        return (pytorch_nndct,) + what()
+    except ImportError as e:
+        raise InputError("--backend {}: pytorch_nndct {} lacks what this stage calls ({}); use --backend "
+                         "builtin".format(name, getattr(pytorch_nndct, "__version__", ""), e))
+
+
 def load(name, release=None):
     """The Backend for --backend NAME (auto, nndct, builtin) and --vai_release (None: the
     installed real quantizer's release, or the built-in's default)."""
-    if name in ("auto", NNDCT):
-        try:
-            import pytorch_nndct
-            from pytorch_nndct.apis import torch_quantizer
-        except ImportError:
-            if name == NNDCT:
-                raise InputError("--backend nndct: pytorch_nndct is not installed (it comes with the Vitis AI "
-                                 "docker: conda activate vitis-ai-pytorch); use --backend builtin")
-        else:
-            version = getattr(pytorch_nndct, "__version__", "")
-            installed = release_of(version, torch_quantizer)
-            if release is not None and release != installed:
-                raise InputError("--vai_release {}: the installed pytorch_nndct is {} ({}); the built-in follows "
-                                 "another release with --backend builtin".format(release, version, installed))
-            return Backend(NNDCT, installed, torch_quantizer, version)
+    def what():
+        from pytorch_nndct.apis import torch_quantizer
+        return (torch_quantizer,)
+    real = _import_real(name, what)
+    if real:
+        pytorch_nndct, torch_quantizer = real
+        version = getattr(pytorch_nndct, "__version__", "")
+        installed = release_of(version, torch_quantizer)
+        if release is not None and release != installed:
+            raise InputError("--vai_release {}: the installed pytorch_nndct is {} ({}); the built-in follows "
+                             "another release with --backend builtin".format(release, version, installed))
+        return Backend(NNDCT, installed, torch_quantizer, version)
     from vaiq import torch_quantizer
     release = release or DEFAULT_RELEASE
     assert release in RELEASES
@@ -97,18 +113,15 @@ class QatBackend(object):
 def load_qat(name):
     """The QatBackend for --backend NAME (auto, nndct, builtin): pytorch_nndct's QatProcessor
     where it imports (auto, nndct), else the built-in one (vaiq.qat, release 3.5's)."""
-    if name in ("auto", NNDCT):
-        try:
-            import pytorch_nndct
-            from pytorch_nndct import QatProcessor
-            from pytorch_nndct.nn import QuantStub
-        except ImportError:
-            if name == NNDCT:
-                raise InputError("--backend nndct: pytorch_nndct (with its QatProcessor) is not installed (it comes "
-                                 "with the Vitis AI docker: conda activate vitis-ai-pytorch); use --backend builtin")
-        else:
-            version = getattr(pytorch_nndct, "__version__", "") or "unknown version"
-            return QatBackend(NNDCT, QatProcessor, QuantStub, version.split("+")[0])
+    def what():
+        from pytorch_nndct import QatProcessor
+        from pytorch_nndct.nn import QuantStub
+        return QatProcessor, QuantStub
+    real = _import_real(name, what)
+    if real:
+        pytorch_nndct, qat_processor, quant_stub = real
+        version = getattr(pytorch_nndct, "__version__", "") or "unknown version"
+        return QatBackend(NNDCT, qat_processor, quant_stub, version.split("+")[0])
     from vaiq.qat import RELEASE, QatProcessor
     from vaiq.nn import QuantStub
     return QatBackend(BUILTIN, QatProcessor, QuantStub, RELEASE)

@@ -106,12 +106,15 @@ def loss_on(model, loader, seen=None):
 
 
 def print_finetune_losses(seen, float_outputs, targets):
-    """Fast finetune brings the quantized outputs nearer the float model's, not the
-    targets: both MSEs, from the run function's first call (before) and last (after)."""
-    def before_after(reference):
-        return [regression_metrics(seen[i], reference)["mse"] for i in (0, -1)]
-    print("fast finetune: MSE vs float outputs {:.6e} -> {:.6e}; vs targets {:.6e} -> {:.6e}".format(
-        *before_after(float_outputs), *before_after(targets)))
+    """fast_finetune calls the run function twice before it tunes (vai_q_pytorch 3.5, and
+    the built-in as it): with quantization off, then as one more calibration pass. That
+    second call is the int8 model before finetuning; the finetuned one runs only in test
+    mode. (Any other count of calls: nothing is printed, the calls are not known.)"""
+    if len(seen) != 2:
+        return
+    print("fast finetune: the int8 model before it (the quantizer's calibration pass): MSE vs float outputs "
+          "{:.6e}, vs targets {:.6e}; the finetuned model: --quant_mode test --fast_finetune --evaluate".format(
+              regression_metrics(seen[1], float_outputs)["mse"], regression_metrics(seen[1], targets)["mse"]))
 
 
 def print_metrics(columns):

@@ -1,11 +1,15 @@
-"""Fast finetune of the built-in quantizer: calib --fast_finetune, then test and deploy."""
+"""Fast finetune of the built-in quantizer: calib --fast_finetune, then test and deploy;
+against the real vai_q_pytorch 3.5's fast finetune, bit for bit (tests/fixtures/finetune,
+made by tools/make_finetune_fixtures.py)."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+import vai_q_pytorch_quant
 from flow.checked_io import load_torch_file
 from test_quantizer_golden import GOLDEN, run_quant
 from dpu import reference
@@ -16,6 +20,8 @@ from conftest import X86_GOLDEN
 pytestmark = X86_GOLDEN
 
 CASE = "p1_trained_in2"
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "finetune")
+FT_CASES = sorted(c for c in os.listdir(FIXTURES) if os.path.isfile(os.path.join(FIXTURES, c, "case.json")))
 
 
 def features_and_targets():
@@ -45,11 +51,103 @@ def test_quant_info_says_finetuned_and_keeps_the_calibrated_positions(results):
     assert ft["param"] == default["param"] and ft["output"] == default["output"]
 
 
-def test_finetuned_model_is_better_on_the_calibration_rows(results):
-    _, y = features_and_targets()
-    default = np.mean((np.load(str(results / "default.npy"))[:, 0] - y) ** 2)
-    ft = np.mean((np.load(str(results / "ft.npy"))[:, 0] - y) ** 2)
-    assert ft < 0.9 * default
+def run_case(monkeypatch, case, out, *args):
+    """The script's main on a fixture case, built-in backend."""
+    folder = os.path.join(FIXTURES, case)
+    info = json.load(open(os.path.join(folder, "case.json")))
+    argv = ["--data_dir", os.path.join(folder, info["data_dir"]), "--calib_data", info["calib_data"],
+            "--checkpoint_dir", os.path.join(folder, info["checkpoint_dir"]), "--model_name", info["model_name"],
+            "--input_size", str(info["input_size"]), "--batch_size", str(info["batch_size"]),
+            "--output_dir", str(out), "--backend", "builtin"] + list(args) + info["nndct_options"]
+    monkeypatch.setattr(sys, "argv", ["vai_q_pytorch_quant.py"] + argv)
+    assert vai_q_pytorch_quant.main(argv) == 0
+
+
+def recording_passes(mp, arrays):
+    """Hooks on vaiq.finetune that fill `arrays` as the fixtures' passes.npz is filled."""
+    from vaiq import finetune
+    train_pass, network_loss = finetune.train_pass, finetune.network_loss
+    layers, losses = [], []
+
+    def record_pass(layer, weight, bias, *args):
+        train_pass(layer, weight, bias, *args)
+        if not layers or layers[-1][0] is not layer:
+            layers.append([layer, 0])
+        name = "layer{}_pass{}_".format(len(layers) - 1, layers[-1][1])
+        arrays[name + "weight"], arrays[name + "bias"] = weight.detach().numpy().copy(), bias.detach().numpy().copy()
+        layers[-1][1] += 1
+
+    def record_loss(*args):
+        losses.append(network_loss(*args))
+        arrays["net_losses"] = np.array(losses, dtype=np.float64)
+        return losses[-1]
+    mp.setattr(finetune, "train_pass", record_pass)
+    mp.setattr(finetune, "network_loss", record_loss)
+
+
+@pytest.fixture(scope="module", params=FT_CASES)
+def finetuned(request, tmp_path_factory):
+    """(fixture folder, built-in output folder) after calib and test with --fast_finetune;
+    the built-in's passes (as passes.npz) in the output folder's passes.npz."""
+    out = tmp_path_factory.mktemp(request.param)
+    with pytest.MonkeyPatch.context() as mp:
+        arrays = {}
+        recording_passes(mp, arrays)
+        run_case(mp, request.param, out, "--quant_mode", "calib", "--fast_finetune")
+        np.savez(str(out / "passes.npz"), **arrays)
+        run_case(mp, request.param, out, "--quant_mode", "test", "--fast_finetune",
+                 "--save_outputs", str(out / "test_outputs.npy"))
+    return os.path.join(FIXTURES, request.param, "expected"), out
+
+
+def test_finetuned_parameters_are_the_real_ones(finetuned):
+    """param.pth: the same values, layer by layer (the real one names the layers module_1, ...)."""
+    expected, out = finetuned
+    real = list(load_torch_file(os.path.join(expected, "param.pth")).values())
+    ours = list(load_torch_file(str(out / "param.pth")).values())
+    assert len(ours) == len(real)
+    for a, b in zip(ours, real):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.numpy().tobytes() == b.numpy().tobytes()
+
+
+def test_every_pass_is_the_real_ones(finetuned):
+    """Inside fast finetune: each layer's parameters at the end of every pass, before
+    rounding, and the network loss of every evaluation, to the last bit."""
+    expected, out = finetuned
+    real, ours = np.load(os.path.join(expected, "passes.npz")), np.load(str(out / "passes.npz"))
+    assert sorted(ours.files) == sorted(real.files)
+    for name in real.files:
+        assert ours[name].dtype == real[name].dtype and ours[name].tobytes() == real[name].tobytes(), name
+
+
+def test_finetuned_quant_info_and_bias_corr_are_the_real_ones(finetuned):
+    expected, out = finetuned
+
+    def lines(path):
+        return [line for line in open(path).read().splitlines() if '"version"' not in line]
+    assert lines(str(out / "quant_info.json")) == lines(os.path.join(expected, "quant_info.json"))
+    real_corr = os.path.join(expected, "bias_corr.pth")
+    assert os.path.isfile(real_corr) == (out / "bias_corr.pth").is_file()
+    if os.path.isfile(real_corr):   # float bias - finetuned bias, in graph order
+        assert list(load_torch_file(str(out / "bias_corr.pth")).values()) == \
+            list(load_torch_file(real_corr).values())
+
+
+def test_finetuned_test_outputs_are_the_real_ones(finetuned):
+    expected, out = finetuned
+    assert np.load(str(out / "test_outputs.npy")).tobytes() == \
+        np.load(os.path.join(expected, "test_outputs.npy")).tobytes()
+
+
+def test_on_p1_the_real_finetune_gives_the_default_test_outputs():
+    """A fact of the fixtures: on p1 no pass of the real 3.5 lowers the network loss, so
+    every layer keeps its calibrated parameters and test mode (which subtracts
+    bias_corr.pth, float bias - finetuned bias, from them) gives the default
+    calibration's outputs, bit for bit."""
+    ft = np.load(os.path.join(FIXTURES, CASE, "expected", "test_outputs.npy"))
+    default = np.load(os.path.join(GOLDEN, CASE, "expected", "test_outputs.npy"))
+    assert ft.tobytes() == default.tobytes()
 
 
 def test_finetuned_parameters_are_on_their_grids_and_the_shifts_legal(results):

@@ -13,8 +13,8 @@ from dpu.int_model import BIT_WIDTH
 from .legalize import check_positions, legalize
 from .options import DEFAULT_RELEASE, RELEASES, parse_nndct_options
 from .quant_info import QUANT_INFO, read_bias_corr, read_ft_params, read_quant_info, write_quant_info
-from .quant_model import QuantModel
-from .trace import trace_chain
+from .quant_model import QuantModel, float_network
+from .trace import DENSE, trace_chain
 
 MODES = ("calib", "test")
 # What each release prints when the deploy forward's batch is not 1 (it then exports anyway).
@@ -80,36 +80,62 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
     # ------------------------------------------------------------ fast finetune (AdaQuant)
 
     def fast_finetune(self, run_fn, run_args):
-        """Calib mode, after the calibration forwards: finetune every layer's
-        parameters on the inputs that run_fn(*run_args) feeds the quantized model.
-        The quantized model then runs with the finetuned parameters."""
+        """Calib mode, after the calibration forwards: finetune every Linear layer's
+        parameters on the batches that run_fn(*run_args) feeds the quantized model
+        (vaiq/finetune.py). As vai_q_pytorch 3.5, run_fn runs twice: in float (the
+        reference outputs), then as one more calibration pass without bias correction.
+        The quantized model then runs as test mode will run the result."""
         self._require("calib", "fast_finetune")
-        result = self._calibration_result()
-        positions, bias_corr, _ = result
+        if self.release != finetune.RELEASE:
+            print("note: release {}: the built-in runs vai_q_pytorch {}'s fast finetune; {}'s differs and is not "
+                  "reproduced".format(self.release, finetune.RELEASE, self.release))
         model = self.quant_model
-        model.use_test_params(model.float_params, bias_corr, copy.deepcopy(positions))
-        model.capture = []
-        run_fn(*run_args)   # as vai_q_pytorch: the run function feeds the calibration inputs
-        inputs, model.capture = model.capture, None
-        if not inputs:
+        if not model.params_ready:
+            raise InputError("fast_finetune: no calibration forward was run")
+        reference = [(w.clone(), b.clone()) for w, b in model.params]
+        batches, targets = [], []
+
+        def float_forward(x):   # the quantizer's model with quantization off
+            x = x.detach().float().clone()
+            out = float_network(x, reference, self.chain)
+            batches.append(x)
+            targets.append(out)
+            return out
+
+        model.forward = float_forward   # for this one call of run_fn
+        try:
+            run_fn(*run_args)
+        finally:
+            del model.forward
+        if not batches:
             raise InputError("fast_finetune: the run function ran no forward on quant_model")
-        start = [(w.clone(), b.clone()) for w, b in model.params]
-        tuned = finetune.fast_finetune(self.chain, positions, model.float_params, start, torch.cat(inputs))
-        model.use_test_params(tuned)
-        for problem in check_positions(self.chain, positions):   # finetuning keeps positions: a guard
+        # The calibration pass: positions go on from the history, parameters as they are.
+        corrections, model.corrections = model.corrections, None
+        run_fn(*run_args)
+        positions = copy.deepcopy(model.positions)
+        tuned = finetune.fast_finetune(self.chain, positions, reference, batches, targets)
+        changes = legalize(self.chain, positions)
+        for problem in check_positions(self.chain, positions):   # legalized as after calibration: a guard
             raise InputError("fast_finetune: positions left the DPU ranges ({})".format(problem))
-        run_fn(*run_args)   # and runs once more with the finetuned parameters (the script reports both)
+        bias_corr = None
+        if corrections is not None:   # what the quantizer saves: float bias - tuned bias
+            bias_corr = {layer.node: (b0 - b).tolist() for layer, (_, b0), (_, b) in
+                         zip(self.chain.layers, model.float_params, tuned) if layer.kind == DENSE}
         self.ft_params = {layer.name: (w, b) for layer, (w, b) in zip(self.chain.layers, tuned)}
-        self.calibration_result = result
+        self.calibration_result = positions, bias_corr, changes
+        model.use_test_params(tuned, bias_corr, copy.deepcopy(positions))
 
     def load_ft_param(self):
-        """Test mode: use the parameters fast finetune saved (param.pth)."""
+        """Test mode: use the parameters fast finetune saved (param.pth). As in
+        vai_q_pytorch, bias_corr.pth is then subtracted from the finetuned biases."""
         self._require("test", "load_ft_param")
         if not self.fast_finetuned:
             raise InputError("{}: not fast-finetuned; run --quant_mode calib --fast_finetune first".format(
                 os.path.join(self.output_dir, QUANT_INFO)))
         params = read_ft_params(self.output_dir, self.chain)
-        self.quant_model.use_test_params([params[layer.name] for layer in self.chain.layers])
+        bias_corrected = read_quant_info(self.output_dir, self.chain)[1]
+        bias_corr = read_bias_corr(self.output_dir, self.chain) if bias_corrected else None
+        self.quant_model.use_test_params([params[layer.name] for layer in self.chain.layers], bias_corr)
 
     # ------------------------------------------------------------ deploy (test mode, one forward of batch 1)
 

@@ -32,62 +32,11 @@ die() { printf 'docker_envs.sh: error: %s\n' "$*" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot, mount)"
 [ -f "$CHECKOUT/requirements.txt" ] && [ -f "$CHECKOUT/Makefile" ] || die "$CHECKOUT: not a checkout of this project"
 
-mirror() {
-    # the first Debian archive URI of this machine's apt sources (deb822 or one-line form)
-    local uri
-    uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ && $2 ~ /\/debian\/?$/ {print $2; exit}')
-    [ -n "$uri" ] || uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-                           awk '$1 == "deb" && $2 ~ /\/debian\/?$/ {print $2; exit}')
-    echo "${uri:-http://deb.debian.org/debian}"
-}
-
-# ---------------------------------------------------------------- the chroot
-if [ ! -f "$ROOT/.complete" ]; then
-    command -v debootstrap >/dev/null || die "debootstrap is missing (apt-get install debootstrap)"
-    log "debootstrap bullseye from $(mirror) into $ROOT"
-    mkdir -p "$ENVS_DIR"
-    # built under another name and renamed, so that an interrupted build is never reused
-    rm -rf "$ROOT.partial"
-    debootstrap --variant=minbase --include=python3,python3-venv,make,ca-certificates \
-        bullseye "$ROOT.partial" "$(mirror)"
-    rm -rf "$ROOT"
-    mv "$ROOT.partial" "$ROOT"
-    touch "$ROOT/.complete"
-fi
-
-MOUNTED=()
-unmount_all() {
-    local i
-    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
-        umount "${MOUNTED[i]}" || umount -l "${MOUNTED[i]}" || true
-    done
-    MOUNTED=()
-}
-trap unmount_all EXIT
-trap 'echo "docker_envs.sh: interrupted" >&2; exit 130' INT TERM
-
-mount_one() {  # type-or-bind source target
-    mountpoint -q "$3" && return 0
-    if [ "$1" = bind ]; then mount --bind "$2" "$3"; else mount -t "$1" "$2" "$3"; fi
-    MOUNTED+=("$3")
-}
-mount_one proc proc "$ROOT/proc"
-mount_one sysfs sysfs "$ROOT/sys"
-mount_one bind /dev "$ROOT/dev"
-cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
-# the certificates this machine trusts (an intercepting proxy's CA among them) for pip
-HOST_CA=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
-CHROOT_CA=
-if [ -f "$HOST_CA" ]; then
-    cp -L "$HOST_CA" "$ROOT/etc/ssl/host-ca-certificates.crt"
-    CHROOT_CA=/etc/ssl/host-ca-certificates.crt
-fi
-
-in_chroot() {  # VENV COMMAND: run COMMAND with bash in the chroot, the venv's python first on PATH
-    chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        ${CHROOT_CA:+PIP_CERT=$CHROOT_CA SSL_CERT_FILE=$CHROOT_CA} \
-        PATH="$1/bin:/usr/local/bin:/usr/bin:/bin" /bin/bash -c "set -euo pipefail; $2"
-}
+# shellcheck source=bullseye_chroot.sh
+. "$HERE/tools/bullseye_chroot.sh"
+private_mounts "$@"
+ensure_chroot
+enter_chroot
 
 # ---------------------------------------------------------------- the environments
 # all built first: the downloads (torch of ~1-2 GB each) are then done in one go

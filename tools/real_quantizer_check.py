@@ -9,7 +9,9 @@ as a shell would; it must see this checkout and the system's temporary folder at
 same paths). For each release given:
 
 1. stages: vai_q_pytorch_quant.py --backend nndct (calib, test --evaluate, deploy) on
-   the committed data and checkpoint, in a copy;
+   the committed data and checkpoint, in a copy; then calib and test with --fast_finetune
+   by the real quantizer and by the built-in, their test outputs compared (3.5's must
+   be equal; the built-in does not reproduce 2.5's fast finetune);
 2. differential: the golden cases of that release (tests/fixtures/golden, and vai25/
    for 2.5) and --random FFNs, each quantized by the real quantizer and by the built-in
    (--vai_release of that release): positions, bias corrections, test outputs, the
@@ -192,6 +194,28 @@ def stages(release, python, scratch):
     return lines
 
 
+def fast_finetune(release, python, scratch):
+    """calib --fast_finetune and test --fast_finetune on the committed data and checkpoint
+    with the real quantizer and the built-in as `release`: (line, [failures]). The built-in
+    reproduces 3.5's fast finetune; 2.5's is another (docs/quality.md), so there a
+    difference is reported, not failed."""
+    work = os.path.join(scratch, "stages")
+    mse, outputs = {}, {}
+    for name, command, backend in (("real", python, ["--backend", "nndct"]),
+                                   ("built-in", [sys.executable], ["--backend", "builtin", "--vai_release", release])):
+        common = [SCRIPT, "--batch_size", "64", "--fast_finetune", "--output_dir", "ft_" + name] + backend
+        run(command + common + ["--quant_mode", "calib"], work)
+        out = run(command + common + ["--quant_mode", "test", "--evaluate", "--save_outputs", name + "_ft.npy"], work)
+        mse[name] = [line.split()[-1] for line in out.splitlines() if line.startswith("   mse")][0]
+        outputs[name] = np.load(os.path.join(work, name + "_ft.npy")).tobytes()
+    same = outputs["real"] == outputs["built-in"]
+    line = "fast finetune: int8 mse real {}, built-in {}: test outputs {}".format(
+        mse["real"], mse["built-in"], "equal" if same else "differ")
+    if same or release != "3.5":
+        return line + ("" if same else " (2.5's fast finetune is not reproduced)"), []
+    return line, ["{} fast finetune: test outputs differ".format(release)]
+
+
 def scale(python, rows, rounds):
     """Fastest seconds of the FFN(64) calibration in `python` (real) and in this one (built-in)."""
     times = {"real": [], "built-in": []}
@@ -216,6 +240,9 @@ def main():
         try:
             for line in stages(release, python, scratch):
                 print("  stages: " + line)
+            line, found = fast_finetune(release, python, scratch)
+            print("  " + line)
+            failures += found
             count, found = differential(release, python, args, scratch)
             print("  differential: {} cases, {} differ".format(count, len(set(f.split(":")[0] for f in found))))
             failures += found

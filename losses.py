@@ -20,6 +20,13 @@ def regression_metrics(outputs, targets):
     return {"mse": ss_res / len(targets), "r^2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")}
 
 
+def print_metrics(columns):
+    """One row per metric, one column per model: {name: {'mse': .., 'r^2': ..}}."""
+    print("{:>6} ".format("") + " ".join("{:>14}".format(name) for name in columns))
+    for metric in ("mse", "r^2"):
+        print("{:>6} ".format(metric) + " ".join("{:>14.6e}".format(m[metric]) for m in columns.values()))
+
+
 def predict(model, loader, desc=None):
     """(outputs, targets) of the model over every row of the loader, in order."""
     outputs, targets = [], []

@@ -113,7 +113,7 @@ if __name__ == "__main__":
 import torch
 
 from flow.checked_io import InputError, atomic_path, check_output_dir, cli, require_dir, uninterrupted
-from losses import predict, regression_metrics
+from losses import predict, print_metrics, regression_metrics
 from preprocessors import load_ffn, make_dataloader
 from quantization import backend as backends
 from quantization import qat as recipe_qat
@@ -132,13 +132,6 @@ def qat_model(args, backend):
         return float_model, recipe_qat.qat_model(float_model, backend).to(DEVICE)
     except InputError as e:
         raise InputError("model.py: {}".format(e))
-
-
-def print_metrics(columns):
-    """One row per metric, one column per model: {name: {'mse': .., 'r^2': ..}}."""
-    print("{:>6} ".format("") + " ".join("{:>14}".format(name) for name in columns))
-    for metric in ("mse", "r^2"):
-        print("{:>6} ".format(metric) + " ".join("{:>14.6e}".format(m[metric]) for m in columns.values()))
 
 
 def train(args, backend):

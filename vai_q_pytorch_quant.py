@@ -86,7 +86,7 @@ import torch
 from quantization import backend as backends
 from quantization import calibration_record
 from flow.checked_io import InputError, check_output_dir, cli, save_npy, uninterrupted
-from losses import predict, regression_metrics
+from losses import predict, print_metrics, regression_metrics
 from preprocessors import checkpoint_path, load_ffn, make_dataloader
 from set_seed import DEVICE, set_seed
 
@@ -115,13 +115,6 @@ def print_finetune_losses(seen, float_outputs, targets):
     print("fast finetune: the int8 model before it (the quantizer's calibration pass): MSE vs float outputs "
           "{:.6e}, vs targets {:.6e}; the finetuned model: --quant_mode test --fast_finetune --evaluate".format(
               regression_metrics(seen[1], float_outputs)["mse"], regression_metrics(seen[1], targets)["mse"]))
-
-
-def print_metrics(columns):
-    """One row per metric, one column per model: {name: {'mse': .., 'r^2': ..}}."""
-    print("{:>6} ".format("") + " ".join("{:>14}".format(name) for name in columns))
-    for metric in ("mse", "r^2"):
-        print("{:>6} ".format(metric) + " ".join("{:>14.6e}".format(m[metric]) for m in columns.values()))
 
 
 def check_flags(args):

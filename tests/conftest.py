@@ -98,3 +98,27 @@ def snapshot(folder):
             with open(path, "rb") as f:
                 tree[os.path.relpath(path, folder)] = f.read()
     return tree
+
+
+def check_fails(work, script, args, *must_contain):
+    """Run the script in `work`: it must fail cleanly (one line naming must_contain) and
+    change nothing there."""
+    before = snapshot(str(work))
+    result = run_script(script, *args, cwd=str(work))
+    assert_clean_error(result, *must_contain)
+    assert snapshot(str(work)) == before
+    return result
+
+
+GOLDEN_P1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "golden", "p1_trained_in2")
+
+
+def p1_workspace(work):
+    """`work` (a pathlib folder) with the golden case p1's rows as data/test.npy and its
+    float model as checkpoints/ffn_state_dict.pth, the stages' default paths."""
+    import shutil
+    (work / "data").mkdir()
+    (work / "checkpoints").mkdir()
+    shutil.copy(os.path.join(GOLDEN_P1, "calib.npy"), str(work / "data" / "test.npy"))
+    shutil.copy(os.path.join(GOLDEN_P1, "float_state_dict.pth"), str(work / "checkpoints" / "ffn_state_dict.pth"))
+    return work

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flow.checked_io import load_torch_file
-from conftest import assert_clean_error, run_script, snapshot
+from conftest import assert_clean_error, p1_workspace, run_script, snapshot
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 P1 = os.path.join(GOLDEN, "p1_trained_in2")
@@ -27,11 +27,7 @@ def quant(work, *args):
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """data/test.npy, checkpoints/ffn_state_dict.pth and its calibration in quantize_result/."""
-    work = tmp_path_factory.mktemp("work")
-    (work / "data").mkdir()
-    (work / "checkpoints").mkdir()
-    shutil.copy(os.path.join(P1, "calib.npy"), str(work / "data" / "test.npy"))
-    shutil.copy(os.path.join(P1, "float_state_dict.pth"), str(work / "checkpoints" / "ffn_state_dict.pth"))
+    work = p1_workspace(tmp_path_factory.mktemp("work"))
     result = quant(work, *CALIB)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import generate_data
-from conftest import assert_clean_error, run_script, snapshot
+from conftest import check_fails
 from model import FFN
 
 GOOD_FLAGS = ("--n_epochs", 1, "--batch_size", 64)
@@ -28,14 +28,6 @@ def work(tmp_path):
     torch.save(FFN(2).state_dict(), str(tmp_path / "good.pth"))
     (tmp_path / "afile").write_text("a file, not a folder\n")
     return tmp_path
-
-
-def check_fails(work, script, args, *must_contain):
-    """Run the script in `work`; it must fail cleanly and change nothing there."""
-    before = snapshot(str(work))
-    result = run_script(script, *args, cwd=str(work))
-    assert_clean_error(result, *must_contain)
-    assert snapshot(str(work)) == before
 
 
 def replace_npy(work, name, array, **kwargs):

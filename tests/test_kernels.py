@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, assert_clean_error, run_script
+from conftest import REPO, assert_clean_error
 from flow import kernels
 
 NOTE = "kernels: native, results may differ from the committed ones in the last bits"

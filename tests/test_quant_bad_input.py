@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 
-from conftest import assert_clean_error, run_script, snapshot
+from conftest import assert_clean_error, p1_workspace, run_script, snapshot
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "golden")
 P1 = os.path.join(GOLDEN, "p1_trained_in2")
@@ -18,11 +18,7 @@ P3 = os.path.join(GOLDEN, "p3_random_in4")
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """A workspace with data/test.npy, a checkpoint and a calibrated quantize_result/."""
-    work = tmp_path_factory.mktemp("work")
-    (work / "data").mkdir()
-    (work / "checkpoints").mkdir()
-    shutil.copy(os.path.join(P1, "calib.npy"), str(work / "data" / "test.npy"))
-    shutil.copy(os.path.join(P1, "float_state_dict.pth"), str(work / "checkpoints" / "ffn_state_dict.pth"))
+    work = p1_workspace(tmp_path_factory.mktemp("work"))
     result = run_script("vai_q_pytorch_quant.py", "--quant_mode", "calib", "--batch_size", "64",
                         "--backend", "builtin", cwd=str(work))
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_clean_error, run_script, script_command, script_env, snapshot
+from conftest import REPO, assert_clean_error, check_fails, run_script, script_command, script_env
 from flow import checked_io
 from model import FFN
 
@@ -139,14 +139,6 @@ def work(tmp_path):
         np.save(str(tmp_path / "data" / (name + ".npy")), rows)
     torch.save(FFN(2).state_dict(), str(tmp_path / "good.pth"))
     return tmp_path
-
-
-def check_fails(work, script, args, *must_contain):
-    before = snapshot(str(work))
-    result = run_script(script, *args, cwd=str(work))
-    assert_clean_error(result, *must_contain)
-    assert snapshot(str(work)) == before
-    return result
 
 
 @pytest.mark.parametrize("dtype", ["int64", "int32", "uint8"])

@@ -249,8 +249,9 @@ def test_fast_finetune_shows_its_progress(tmp_path, monkeypatch, capsys, termina
         shown = sys.stderr.getvalue()
         assert "\r" in shown and "fast finetune" in shown and "15/15" in shown
     else:
-        assert [re.sub(r"[0-9.e+-]+ -> [0-9.e+-]+$", "A -> B", line.split(": ", 1)[1]) for line in lines] == [
-            "fast finetune: layer {}/3: 5 steps, loss vs float outputs A -> B".format(k) for k in (1, 2, 3)]
+        assert [re.sub(r"[0-9.e+-]+ -> [0-9.e+-]+$", "A -> B", re.sub(r": [1-5] of 5 passes", ": P of 5 passes",
+                                                                      line.split(": ", 1)[1])) for line in lines] == [
+            "fast finetune: layer {}/3: P of 5 passes, loss vs float outputs A -> B".format(k) for k in (1, 2, 3)]
         assert "\r" not in out
 
 

@@ -147,8 +147,8 @@ def tune_layer(k, params, reference, batches, targets, chain, positions, net_los
         previous = loss
     params[k] = kept
     progress.advance(steps - passes)   # the passes a stop left out
-    progress.note("layer {}/{}: {} steps, loss vs float outputs {:.3e} -> {:.3e}".format(
-        k + 1, len(params), steps, start_loss, net_loss))
+    progress.note("layer {}/{}: {} of {} passes, loss vs float outputs {:.3e} -> {:.3e}".format(
+        k + 1, len(params), passes, steps, start_loss, net_loss))
     return net_loss
 
 

@@ -115,6 +115,11 @@ def test_every_pass_is_the_real_ones(finetuned):
     """Inside fast finetune: each layer's parameters at the end of every pass, before
     rounding, and the network loss of every evaluation, to the last bit."""
     expected, out = finetuned
+    with open(os.path.join(expected, "quant_info.json")) as f:
+        made_with = json.load(f)["version"].split("+torch")[-1].split("+")[0]
+    if torch.__version__.split("+")[0] != made_with:   # Adam's and autograd's last bits follow torch's release
+        pytest.skip("passes.npz was made on torch {}, this is {} (the results after rounding are compared "
+                    "on every torch)".format(made_with, torch.__version__))
     real, ours = np.load(os.path.join(expected, "passes.npz")), np.load(str(out / "passes.npz"))
     assert sorted(ours.files) == sorted(real.files)
     for name in real.files:

@@ -145,6 +145,37 @@ def test_finetuned_test_outputs_are_the_real_ones(finetuned):
         np.load(os.path.join(expected, "test_outputs.npy")).tobytes()
 
 
+@pytest.fixture(scope="module", params=FT_CASES)
+def finetuned25(request, tmp_path_factory):
+    """(expected25 folder, built-in output folder) of calib and test with --fast_finetune
+    and --vai_release 2.5: the real 2.5's fast finetune is 3.5's, at 2.5's correction rate
+    (it runs once given the batch size its hook misses: quantization/backend.py)."""
+    out = tmp_path_factory.mktemp(request.param + "_25")
+    with pytest.MonkeyPatch.context() as mp:
+        run_case(mp, request.param, out, "--quant_mode", "calib", "--fast_finetune", "--vai_release", "2.5")
+        run_case(mp, request.param, out, "--quant_mode", "test", "--fast_finetune", "--vai_release", "2.5",
+                 "--save_outputs", str(out / "test_outputs.npy"))
+    return os.path.join(FIXTURES, request.param, "expected25"), out
+
+
+def test_release_2_5_fast_finetune_is_the_real_2_5s(finetuned25):
+    """param.pth and bias_corr.pth values in graph order (2.5 names them its own way), and
+    the test outputs, to the last bit."""
+    expected, out = finetuned25
+    for name in ("param.pth", "bias_corr.pth"):
+        real_file = os.path.join(expected, name)
+        assert os.path.isfile(real_file) == (out / name).is_file(), name
+        if os.path.isfile(real_file):
+            real = list(load_torch_file(real_file).values())
+            ours = list(load_torch_file(str(out / name)).values())
+            assert len(ours) == len(real)
+            for a, b in zip(ours, real):
+                a, b = (a.numpy(), b.numpy()) if hasattr(a, "numpy") else (np.array(a), np.array(b))
+                assert a.shape == b.shape and a.tobytes() == b.tobytes(), name
+    assert np.load(str(out / "test_outputs.npy")).tobytes() == \
+        np.load(os.path.join(expected, "test_outputs.npy")).tobytes()
+
+
 def test_on_p1_the_real_finetune_gives_the_default_test_outputs():
     """A fact of the fixtures: on p1 no pass of the real 3.5 lowers the network loss, so
     every layer keeps its calibrated parameters and test mode (which subtracts

@@ -1,6 +1,6 @@
 """The fixtures of tests/test_finetune.py: fast finetune by the real vai_q_pytorch.
 
-    python tools/make_finetune_fixtures.py --real35 PYTHON [--output tests/fixtures/finetune]
+    python tools/make_finetune_fixtures.py --real35 PYTHON [--real25 PYTHON] [--output tests/fixtures/finetune]
 
 PYTHON is a command that runs a Python with pytorch_nndct 3.5 (as for
 tools/real_quantizer_check.py). For each case below the real quantizer runs
@@ -14,6 +14,9 @@ and passes.npz: what the real quantizer's fast finetune computed inside, seen th
 hooks on its AdvancedQuantProcessor: the network loss of every evaluation, in order
 ("net_losses"), and each tuned layer's weight and bias at the end of each pass, before
 they go back on their grids ("layer{k}_pass{p}_weight", "..._bias", k and p from 0).
+With --real25 (a Python with pytorch_nndct 2.5) the same runs give expected25/:
+param.pth, bias_corr.pth and test_outputs.npy (2.5's quant_info.json names nodes its
+own way; the built-in keeps 3.5's names).
 tests/test_finetune.py runs the built-in on the same cases and compares.
 """
 import json
@@ -122,12 +125,15 @@ def script_flags(folder, case):
             + case["nndct_options"])
 
 
-def run(python, folder, case, out):
-    """calib --fast_finetune, then test --fast_finetune into `out`, by the real quantizer."""
+def run(python, folder, case, out, passes=True):
+    """calib --fast_finetune, then test --fast_finetune into `out`, by the real quantizer;
+    passes: with the hooks that write passes.npz (3.5's AdvancedQuantProcessor)."""
     flags = script_flags(folder, case) + ["--backend", "nndct", "--output_dir", out]
-    driver = os.path.join(out, "driver.py")
-    with open(driver, "w") as f:
-        f.write(DRIVER.format(repo=REPO, script=SCRIPT, out=os.path.join(out, "passes.npz")))
+    driver = SCRIPT
+    if passes:
+        driver = os.path.join(out, "driver.py")
+        with open(driver, "w") as f:
+            f.write(DRIVER.format(repo=REPO, script=SCRIPT, out=os.path.join(out, "passes.npz")))
     command = shlex.split(python)
     for script, mode in ((driver, ["--quant_mode", "calib", "--fast_finetune"]),
                          (SCRIPT, ["--quant_mode", "test", "--fast_finetune", "--save_outputs",
@@ -153,27 +159,35 @@ def cases(output):
 
 
 def main():
-    parser = ArgumentParser(description="Fast finetune fixtures from the real vai_q_pytorch 3.5.")
-    parser.add_argument("--real35", metavar="PYTHON", required=True, help="command of a Python with pytorch_nndct 3.5")
+    parser = ArgumentParser(description="Fast finetune fixtures from the real vai_q_pytorch 3.5 and 2.5.")
+    parser.add_argument("--real35", metavar="PYTHON", help="command of a Python with pytorch_nndct 3.5: "
+                        "expected/ (with passes.npz)")
+    parser.add_argument("--real25", metavar="PYTHON", help="command of a Python with pytorch_nndct 2.5: "
+                        "expected25/ (its parameters, corrections and test outputs)")
     parser.add_argument("--output", default=OUTPUT, help="the fixtures' folder (default: %(default)s)")
     args = parser.parse_args()
+    if not (args.real35 or args.real25):
+        parser.error("give --real35 and/or --real25")
     for folder, case in cases(args.output):
         name = os.path.basename(folder)
-        out = tempfile.mkdtemp(prefix="ft_" + name + "_")
-        try:
-            run(args.real35, folder, case, out)
-            expected = os.path.join(folder, "expected")
-            os.makedirs(expected, exist_ok=True)
-            for f in FILES + ("test_outputs.npy",):
-                if os.path.isfile(os.path.join(out, f)):
-                    shutil.copyfile(os.path.join(out, f), os.path.join(expected, f))
-            with open(os.path.join(folder, "case.json"), "w") as f:
-                json.dump(case, f, indent=1)
-                f.write("\n")
-            outputs = np.load(os.path.join(out, "test_outputs.npy"))
-            print("{}: {} rows, written to {}".format(name, len(outputs), expected))
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
+        for python, expected_name, passes in ((args.real35, "expected", True), (args.real25, "expected25", False)):
+            if not python:
+                continue
+            out = tempfile.mkdtemp(prefix="ft_" + name + "_")
+            try:
+                run(python, folder, case, out, passes)
+                expected = os.path.join(folder, expected_name)
+                os.makedirs(expected, exist_ok=True)
+                for f in (FILES if passes else ("param.pth", "bias_corr.pth")) + ("test_outputs.npy",):
+                    if os.path.isfile(os.path.join(out, f)):
+                        shutil.copyfile(os.path.join(out, f), os.path.join(expected, f))
+                with open(os.path.join(folder, "case.json"), "w") as f:
+                    json.dump(case, f, indent=1)
+                    f.write("\n")
+                outputs = np.load(os.path.join(out, "test_outputs.npy"))
+                print("{}: {} rows, written to {}".format(name, len(outputs), expected))
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
     return 0
 
 

@@ -10,8 +10,7 @@ same paths). For each release given:
 
 1. stages: vai_q_pytorch_quant.py --backend nndct (calib, test --evaluate, deploy) on
    the committed data and checkpoint, in a copy; then calib and test with --fast_finetune
-   by the real quantizer and by the built-in, their test outputs compared (3.5's must
-   be equal; the built-in does not reproduce 2.5's fast finetune);
+   by the real quantizer and by the built-in, their test outputs compared;
 2. differential: the golden cases of that release (tests/fixtures/golden, and vai25/
    for 2.5) and --random FFNs, each quantized by the real quantizer and by the built-in
    (--vai_release of that release): positions, bias corrections, test outputs, the
@@ -196,9 +195,7 @@ def stages(release, python, scratch):
 
 def fast_finetune(release, python, scratch):
     """calib --fast_finetune and test --fast_finetune on the committed data and checkpoint
-    with the real quantizer and the built-in as `release`: (line, [failures]). The built-in
-    reproduces 3.5's fast finetune; 2.5's is another (docs/quality.md), so there a
-    difference is reported, not failed."""
+    with the real quantizer and the built-in as `release`: (line, [failures])."""
     work = os.path.join(scratch, "stages")
     mse, outputs = {}, {}
     for name, command, backend in (("real", python, ["--backend", "nndct"]),
@@ -211,9 +208,7 @@ def fast_finetune(release, python, scratch):
     same = outputs["real"] == outputs["built-in"]
     line = "fast finetune: int8 mse real {}, built-in {}: test outputs {}".format(
         mse["real"], mse["built-in"], "equal" if same else "differ")
-    if same or release != "3.5":
-        return line + ("" if same else " (2.5's fast finetune is not reproduced)"), []
-    return line, ["{} fast finetune: test outputs differ".format(release)]
+    return line, [] if same else ["{} fast finetune: test outputs differ".format(release)]
 
 
 def scale(python, rows, rounds):

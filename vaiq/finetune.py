@@ -1,4 +1,4 @@
-"""Fast finetune (AdaQuant) as vai_q_pytorch 3.5 runs it by default (its
+"""Fast finetune (AdaQuant) as vai_q_pytorch 3.5 and 2.5 run it by default (their
 "finetune_v2"): after calibration, each Linear layer in graph order gets passes
 of Adam over the calibration batches and keeps the parameters with the lowest
 network loss seen. What it computes, in the quantizer's order:
@@ -34,7 +34,6 @@ from .fixpoint import HALF_AWAY, HALF_UP, fake_quantize
 from .quant_model import activate, float_network, layer_forward
 from .trace import DENSE
 
-RELEASE = "3.5"           # the vai_q_pytorch release whose fast finetune this is
 LR = 0.01                 # --nndct_finetune_lr_factor's default: learning rate per unit of std
 FINE_GRID = 4.5           # quantization efficiency (SQNR / 8 dB) above which the rate is cut tenfold
 STEPS = 100               # passes over the batches per layer, at most: a progress step each

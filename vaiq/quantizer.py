@@ -82,13 +82,10 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
     def fast_finetune(self, run_fn, run_args):
         """Calib mode, after the calibration forwards: finetune every Linear layer's
         parameters on the batches that run_fn(*run_args) feeds the quantized model
-        (vaiq/finetune.py). As vai_q_pytorch 3.5, run_fn runs twice: in float (the
+        (vaiq/finetune.py). As vai_q_pytorch 3.5 and 2.5, run_fn runs twice: in float (the
         reference outputs), then as one more calibration pass without bias correction.
         The quantized model then runs as test mode will run the result."""
         self._require("calib", "fast_finetune")
-        if self.release != finetune.RELEASE:
-            print("note: release {}: the built-in runs vai_q_pytorch {}'s fast finetune; {}'s differs and is not "
-                  "reproduced".format(self.release, finetune.RELEASE, self.release))
         model = self.quant_model
         if not model.params_ready:
             raise InputError("fast_finetune: no calibration forward was run")

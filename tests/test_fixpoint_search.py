@@ -6,6 +6,7 @@ the bit, on random tensors of every kind the calibration meets and some it shoul
 """
 import math
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -286,3 +287,30 @@ def test_clamping_before_rounding_near_every_half_and_whole_number():
             assert same_tensor_bits(got, expected)
         else:
             assert same_tensor_bits(got + 0.0, expected)
+
+
+def test_fake_quantized_activations_are_laid_out_as_torch_lays_them_out():
+    """The fake-quantized values go on to a matmul (MKL's sgemm may round otherwise on
+    another address or layout): a row-major x gets a new row-major tensor on the
+    allocator's alignment, any other layout the strides torch's own x * 2^fp gives it.
+    numpy computes them: nothing may warn where torch's kernels do not (overflow to inf)."""
+    base = torch.randn(4096, generator=torch.Generator().manual_seed(5)) * 3
+    layouts = [base[:64 * 48].view(64, 48), base[:48].view(1, 48).t(), base[1:65].view(8, 8), base[:96].view(8, 12).t(),
+               base[::3], torch.as_strided(base, (4, 1, 6), (6, 50, 1)), base[7:8].view(()), base[:0]]
+    huge = torch.tensor([3e38, -3e38, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x in layouts:
+            for mode in MODES:
+                got = fixpoint.fake_quantize_within_int32(x, 4, mode)
+                assert same_tensor_bits(got, ref_fake_quantize(x, 4, mode))
+                if x.stride() == fixpoint._row_major_strides(x.shape):
+                    assert got.stride() == x.stride() and got.data_ptr() % 64 == 0
+                elif mode == HALF_UP:
+                    assert got.stride() == (x * 16.0).stride()
+        for mode in MODES:
+            assert same_tensor_bits(fixpoint.fake_quantize_within_int32(huge, -126, mode),
+                                    ref_fake_quantize(huge, -126, mode))
+            assert same_bits(fixpoint.candidate_errors(huge, (-126, -125), mode), ref_sums(huge, (-126, -125), mode))
+            low = huge[1:]   # -3e38 * 2 is -inf
+            assert same_bits(fixpoint.candidate_errors(low, (0, 1), mode), ref_sums(low, (0, 1), mode))

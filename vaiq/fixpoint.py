@@ -5,6 +5,7 @@ A tensor with fix position fp holds q * 2^-fp with q = clamp(R(x * 2^fp), -128, 
 Parameters round half away from zero, activations round half up (DPU_ROUND).
 """
 import collections
+import contextlib
 import functools
 import math
 
@@ -73,6 +74,18 @@ def fake_quantize(x, fp, mode):
 # under the pinned kernels (flow/kernels.py: ATen's scalar loops) each kernel costs.
 # Where a shortcut's conditions do not hold, the plain computation above runs.
 # tests/test_fixpoint_search.py checks both against a plain reference.
+#
+# Their elementwise work runs in numpy, on numpy views of tensors that torch allocated
+# (Tensor.numpy() shares the memory): a float32 addition, subtraction, multiplication,
+# comparison, clamp (without NaN), abs or floor is exactly rounded, the same bits whatever
+# vector width computes it, and numpy's loops use the machine's vectors whatever
+# ATEN_CPU_CAPABILITY says (under the pins ATen's are scalar loops), with less overhead per
+# call. Every operand is float32: scalars are np.float32 (numpy 1.x computes a float32
+# array and a Python float in float64 where the float is beyond float32's range). What an
+# order of operations defines stays torch's: the sums of squared errors (_row_sums) run on
+# the torch tensors numpy wrote into. A tensor that reaches a matmul is one torch allocated,
+# in the layout torch's own elementwise ops would have given it (contiguous, on the
+# allocator's alignment: MKL's sgemm may round differently on other addresses).
 
 # torch sums a tensor in one pass per row, on one thread, when it has fewer elements
 # than this (at::internal::GRAIN_SIZE) or one thread to run on; otherwise the threads
@@ -83,6 +96,9 @@ _GRAIN_SIZE = 32768
 # exact unless it leaves the float32 range (or its normal range, far below 1/2).
 _NORMAL_POSITIONS = range(-126, 127)
 _SMALLEST_NORMAL = np.float32(2.0 ** -126)
+
+_Q_MIN, _Q_MAX = np.float32(Q_MIN), np.float32(Q_MAX)
+_HALF, _ZERO = np.float32(0.5), np.float32(0.0)
 
 # How many candidates the search computes in its first pass, besides the one whose
 # values the caller wants (the history's mode): those with the lowest error bounds
@@ -99,12 +115,26 @@ pass (half_up only; none otherwise), row k of values being fake_quantize(x, fp,
 overflows would be missing): see searched_values."""
 
 
+def _numpy_ready(x):
+    """Whether x.numpy() is x's memory as a float32 numpy array: a float32 CPU tensor that
+    autograd does not follow."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and not x.requires_grad
+
+
 def _value_range(x, name, non_negative=False):
     """(min, max) of x as float32, or (0, max) for a non-negative x (a ReLU's output:
     its smallest value changes nothing the search does with it); InputError when x
-    holds an infinity or NaN (torch.max returns NaN when x holds one)."""
-    x_min = np.float32(0.0) if non_negative else np.float32(x.min().item())
-    x_max = np.float32(x.max().item())
+    holds an infinity or NaN (torch.max and numpy's max return NaN when x holds one).
+    numpy's where it can: the smallest and largest value do not depend on the order
+    they are looked at in, but for the sign of a zero, which nothing the search does
+    with them tells apart."""
+    if x.numel() > 0 and _numpy_ready(x):
+        values = x.numpy()
+        x_min = np.float32(0.0) if non_negative else np.float32(values.min())
+        x_max = np.float32(values.max())
+    else:   # torch's (and its error for an empty x)
+        x_min = np.float32(0.0) if non_negative else np.float32(x.min().item())
+        x_max = np.float32(x.max().item())
     if not (np.isfinite(x_min) and np.isfinite(x_max)):
         raise InputError("{} holds values beyond the float32 range (or NaN); it cannot be quantized".format(name))
     return x_min, x_max
@@ -128,10 +158,12 @@ def _first_candidate(x_min, x_max):
 
 @functools.lru_cache(maxsize=1024)
 def _scales(positions, sign=1):
-    """2^(sign * fp) for each position of the tuple `positions`, a float32 column: what
-    torch's kernels make of the Python float 2.0 ** fp that quantize() multiplies by.
-    Cached: never change one in place."""
-    return torch.tensor([[2.0 ** (sign * fp)] for fp in positions], dtype=torch.float32)
+    """2^(sign * fp) for each normal position of the tuple `positions`, a float32 column
+    (numpy, read-only: it is cached): what torch's kernels make of the Python float
+    2.0 ** fp that quantize() multiplies by, exactly."""
+    column = np.array([[2.0 ** (sign * fp)] for fp in positions], dtype=np.float32)
+    column.flags.writeable = False
+    return column
 
 
 def _below_int32(x_max, fp):
@@ -151,11 +183,6 @@ def within_int32(x_min, x_max, fp):
             and float(x_min) >= -math.ldexp(INT32_LIMIT, -fp))
 
 
-# 1.5 * 2^23: a float32 from [-2^22, 2^22] plus it is rounded to a whole number (float32s
-# of [2^23, 2^24) are whole numbers), to the nearest, ties to even, and exactly so.
-_ROUNDING = 1.5 * 2.0 ** 23
-
-
 def _saturates(x_min, x_max, fp):
     """Whether some x in [x_min, x_max] (float32, fp normal) can round beyond [Q_MIN, Q_MAX]
     at fp, for either rounding: x * 2^fp is exact (or rounds far from the bounds), and
@@ -166,32 +193,65 @@ def _saturates(x_min, x_max, fp):
     return not (math.ldexp(float(x_max), fp) < Q_MAX + 0.5 and math.ldexp(float(x_min), fp) > Q_MIN - 0.5)
 
 
+def _round_half_up_in_place(s):
+    """round_half_up(s) into s, a numpy float32 array: the same operations, floor(s) +
+    (s - floor(s) >= 1/2), and so the same bits (a zero is +0.0: -0.0 + 0.0 is +0.0)."""
+    low = np.floor(s)
+    fraction = np.subtract(s, low, out=s)
+    return np.add(low, np.greater_equal(fraction, _HALF), out=s)   # the bools as 0.0 and 1.0
+
+
+def _round_half_away_in_place(s):
+    """round_half_away(s) into s, a numpy float32 array: the same operations, the rounded
+    |s| negated where s < 0 (to -0.0 for a zero)."""
+    negative = np.less(s, _ZERO)
+    _round_half_up_in_place(np.abs(s, out=s))
+    return np.negative(s, out=s, where=negative)
+
+
+_ROUND_IN_PLACE = {HALF_AWAY: _round_half_away_in_place, HALF_UP: _round_half_up_in_place}
+
+
 def _quantize_within_int32(scaled, mode, saturating=None):
-    """clamp(R(scaled), Q_MIN, Q_MAX) for float32 `scaled` (overwritten), a row per
-    position or one tensor, without NaN or values of 2^31 and above: what quantize()
+    """clamp(R(scaled), Q_MIN, Q_MAX) into `scaled`, a float32 CPU tensor (returned), a row
+    per position or one tensor, without NaN or values of 2^31 and above: what quantize()
     computes there, but for the sign of a zero (half_away may give -0.0; half_up gives
     +0.0, as quantize() does). saturating: for each row, whether it may need the clamp
-    (_saturates); None: all rows may.
+    (_saturates); None: all rows may."""
+    _quantize_in_place(scaled.numpy(), mode, saturating)
+    return scaled
+
+
+def _quantize_in_place(values, mode, saturating=None):
+    """_quantize_within_int32 on a numpy float32 array.
 
     Clamping first gives the same: R keeps the order and the bounds are whole numbers;
-    and nothing overflows, so the int32 test and its torch.where are left out. Half up
-    from the clamped s (|s| <= 2^22) without floor, bools or a conversion (each costly
-    under the pinned kernels): n = (s + 1.5 * 2^23) - 1.5 * 2^23 is s rounded to the
-    nearest whole number, ties to even, exactly; d = s - n is exact and within
-    [-1/2, 1/2]; round half up differs from n only where d = 1/2 (a tie that went down),
-    by 1, and d >= 1/2 as a float (ge_) is that 1. n is +0.0, never -0.0 (x - x is
-    +0.0), and so is n + 0.0."""
+    and nothing overflows, so the int32 test and its torch.where are left out."""
     if saturating is None or all(saturating):
-        scaled.clamp_(Q_MIN, Q_MAX)
+        np.clip(values, _Q_MIN, _Q_MAX, out=values)
     elif any(saturating):
         for k, saturates in enumerate(saturating):
             if saturates:
-                scaled[k].clamp_(Q_MIN, Q_MAX)
-    if mode != HALF_UP:
-        return ROUND[mode](scaled)
-    nearest = scaled + _ROUNDING
-    nearest.sub_(_ROUNDING)
-    return nearest.add_(scaled.sub_(nearest).ge_(0.5))
+                np.clip(values[k], _Q_MIN, _Q_MAX, out=values[k])
+    return _ROUND_IN_PLACE[mode](values)
+
+
+# Positions where q * 2^-fp (|q| <= 128) stays within 2^62: see _quiet_overflow.
+_QUIET_POSITIONS = range(-55, 64)
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _quiet_overflow(x_min, x_max, positions):
+    """A context in which numpy says nothing of an overflow to infinity (torch's kernels
+    say nothing), where one can happen in the products and squares of fake-quantizing x in
+    [x_min, x_max] at `positions`; elsewhere a context that does nothing, np.errstate
+    costing as much as the work on a small tensor. None cannot: |x| < 2^62 and fp in
+    _QUIET_POSITIONS, so |x * 2^fp| < 2^125, |q * 2^-fp| <= 2^62, |fq - x| < 2^63 and its
+    square below 2^126."""
+    if (x_min is not None and x_max is not None and max(-float(x_min), float(x_max)) < 2.0 ** 62
+            and all(fp in _QUIET_POSITIONS for fp in positions)):
+        return _NO_CONTEXT
+    return np.errstate(over="ignore")
 
 
 def _grad_tracked(x):
@@ -201,13 +261,42 @@ def _grad_tracked(x):
 def fake_quantize_within_int32(x, fp, mode, x_min=None, x_max=None):
     """fake_quantize(x, fp, mode), bit for bit, for an x that within_int32 cleared, with
     fewer kernels (x_min, x_max: x's range, if known). A tensor that autograd follows
-    gets fake_quantize itself."""
-    if _grad_tracked(x):
+    gets fake_quantize itself.
+
+    The result goes on to a matmul, so it is laid out as before, as torch's own kernels
+    lay it out: for an x in row-major order a new row-major tensor of torch's allocator;
+    otherwise (a transposed x, or odd strides of dimensions of size 1) torch's x * 2.0 ** fp,
+    rounded in place for half_up, or fake_quantize's for half_away (torch.where's layout)."""
+    if _grad_tracked(x) or x.dtype != torch.float32 or fp not in _NORMAL_POSITIONS:
         return fake_quantize(x, fp, mode)
-    q = _quantize_within_int32(x * (2.0 ** fp), mode, [_saturates(x_min, x_max, fp)])
-    if mode != HALF_UP:
-        q.add_(0.0)   # -0.0 + 0.0 is +0.0, as in quantize()
-    return q.mul_(2.0 ** -fp)
+    x = x.detach()
+    if not _numpy_ready(x):
+        return fake_quantize(x, fp, mode)
+    row_major = x.stride() == _row_major_strides(x.shape)
+    if row_major:
+        q = torch.empty(x.shape, dtype=torch.float32)
+    elif mode == HALF_UP:
+        q = x * (2.0 ** fp)
+    else:
+        return fake_quantize(x, fp, mode)
+    values = q.numpy()
+    with _quiet_overflow(x_min, x_max, (fp,)):
+        if row_major:
+            np.multiply(x.numpy(), np.float32(2.0 ** fp), out=values)   # 2^fp: exact in float32
+        _quantize_in_place(values, mode, [_saturates(x_min, x_max, fp)])
+        if mode != HALF_UP:
+            np.add(values, _ZERO, out=values)   # -0.0 + 0.0 is +0.0, as in quantize()
+        np.multiply(values, np.float32(2.0 ** -fp), out=values)
+    return q
+
+
+def _row_major_strides(shape):
+    """The strides of a row-major (C order) tensor of `shape`, in elements."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def _stacked(x, positions, mode, x_min=None, x_max=None):
@@ -218,11 +307,18 @@ def _stacked(x, positions, mode, x_min=None, x_max=None):
     (the quantized values are quantize()'s, a zero's sign aside for half_away, squared
     away; q * 2^-fp is exact; and (fq - x)^2 is (x - fq)^2 to the bit, fl(fq - x) being
     -fl(x - fq))."""
-    flat = x.reshape(1, -1)
+    flat = x.numpy().reshape(1, -1)
     saturating = [_saturates(x_min, x_max, fp) for fp in positions]
-    values = _quantize_within_int32(flat * _scales(positions), mode, saturating).mul_(_scales(positions, -1))
-    errors = torch.sub(values, flat)
-    return errors.mul_(errors), values
+    values = torch.empty((len(positions), flat.shape[1]), dtype=torch.float32)   # (k, n), as torch's product
+    errors = torch.empty_like(values)
+    fake, squares = values.numpy(), errors.numpy()
+    with _quiet_overflow(x_min, x_max, positions):
+        np.multiply(flat, _scales(positions), out=fake)
+        _quantize_in_place(fake, mode, saturating)
+        np.multiply(fake, _scales(positions, -1), out=fake)
+        np.subtract(fake, flat, out=squares)
+        np.multiply(squares, squares, out=squares)
+    return errors, values
 
 
 def _row_sums(errors):
@@ -239,7 +335,7 @@ def _row_sums(errors):
 
 
 def _stacked_allowed(x, positions, x_max):
-    return (x.numel() > 0 and len(positions) > 0 and x.is_contiguous()
+    return (x.numel() > 0 and len(positions) > 0 and x.is_contiguous() and _numpy_ready(x)
             and all(fp in _NORMAL_POSITIONS for fp in positions) and _below_int32(x_max, max(positions)))
 
 

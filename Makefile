@@ -53,7 +53,7 @@ test-docker-envs:
 # --backend nndct, golden cases and random FFNs by their numbers, and calibration time at
 # 100k rows; tools/real_quantizer_check.py). NNDCT35 / NNDCT25: a command that runs a Python
 # with pytorch_nndct of that release (inside a Vitis AI docker: python). Not part of .ci/run.
-test-real-quantizers:
+test-real-quantizers: $(if $(filter $(VENV)/bin/python,$(PY)),install)
 	$(PY) tools/real_quantizer_check.py $(if $(NNDCT35),--real35 '$(NNDCT35)') $(if $(NNDCT25),--real25 '$(NNDCT25)')
 
 # Builds both real quantizers from Xilinx's sources (VITIS_AI_SRC: a clone of

@@ -16,6 +16,10 @@ import tempfile
 import zipfile
 
 import numpy as np
+# numpy 2 imports numpy.random on first use, and a KeyboardInterrupt raised inside that
+# import (a signal arriving as main first calls np.random) is lost: the stage then runs
+# on to its end. Imported here, with the script's imports, where a signal ends it at once.
+import numpy.random  # noqa: F401,E402
 
 from flow.interruption import EXIT_INTERRUPTED, SIGNALS, interrupted_message, raise_on_interrupt
 

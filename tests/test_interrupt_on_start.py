@@ -78,3 +78,12 @@ def test_imported_as_a_module_the_handlers_are_left_alone():
     before = signal.getsignal(signal.SIGTERM)
     interruption.exit_on_interrupt("vai_q_pytorch_quant")
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_numpy_random_is_imported_with_the_stage_imports():
+    """numpy 2 imports numpy.random on first use; a KeyboardInterrupt raised inside that
+    import, when a signal arrives as main first calls np.random, vanishes and the stage
+    runs on. So it must already be imported when main starts (flow/checked_io.py)."""
+    code = "import sys; import flow.checked_io; print('numpy.random' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, universal_newlines=True)
+    assert result.stdout.strip() == "True"

@@ -212,18 +212,12 @@ def _round_half_away_in_place(s):
 _ROUND_IN_PLACE = {HALF_AWAY: _round_half_away_in_place, HALF_UP: _round_half_up_in_place}
 
 
-def _quantize_within_int32(scaled, mode, saturating=None):
-    """clamp(R(scaled), Q_MIN, Q_MAX) into `scaled`, a float32 CPU tensor (returned), a row
-    per position or one tensor, without NaN or values of 2^31 and above: what quantize()
+def _quantize_in_place(values, mode, saturating=None):
+    """clamp(R(values), Q_MIN, Q_MAX) into `values`, a numpy float32 array (returned), a row
+    per position or one array, without NaN or values of 2^31 and above: what quantize()
     computes there, but for the sign of a zero (half_away may give -0.0; half_up gives
     +0.0, as quantize() does). saturating: for each row, whether it may need the clamp
-    (_saturates); None: all rows may."""
-    _quantize_in_place(scaled.numpy(), mode, saturating)
-    return scaled
-
-
-def _quantize_in_place(values, mode, saturating=None):
-    """_quantize_within_int32 on a numpy float32 array.
+    (_saturates); None: all rows may.
 
     Clamping first gives the same: R keeps the order and the bounds are whole numbers;
     and nothing overflows, so the int32 test and its torch.where are left out."""

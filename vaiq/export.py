@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from flow.checked_io import InputError, atomic_path
 
-from .fixpoint import HALF_AWAY, fake_quantize, quantize
+from .fixpoint import HALF_AWAY, quantize
 from dpu.int_model import LEAKY_RELU, LEAKY_RELU_ALPHA, MATMUL, RELU, RELU6, RELU6_MAX, SCALE, IntLayer, IntModel
 from .quant_model import quantized_network
 from .trace import ACTIVATION_OP_TYPES, BATCH_NORM, DENSE, op_name
@@ -119,7 +119,7 @@ class _TestModeNetwork(nn.Module):
 
     def forward(self, x):
         params = list(zip(self.weights, self.biases))
-        return quantized_network(x.float(), params, self.chain, self.positions, fake_quantize)
+        return quantized_network(x.float(), params, self.chain, self.positions)
 
 
 def export_torch_script(quant_model, output_dir):

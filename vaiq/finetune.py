@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from flow.checked_io import Progress
 
 from .fixpoint import HALF_AWAY, HALF_UP, fake_quantize
-from .quant_model import activate, float_network, layer_forward
+from .quant_model import float_network, layer_forward, quantized_network
 from .trace import DENSE
 
 LR = 0.01                 # --nndct_finetune_lr_factor's default: learning rate per unit of std
@@ -55,25 +55,13 @@ class _QuantizedOutput(torch.autograd.Function):
         return grad, None
 
 
-def network_as_is(x, params, chain, positions):
-    """The test-mode forward with the parameters used as they are: the quantizer
-    rounds a layer's parameters only when the layer is reset, as a tuned layer is
-    after each pass, so layers not tuned yet run with their calibrated biases,
-    off the grid."""
-    output = positions["output"]
-    x = fake_quantize(x, output[chain.input_tensor], HALF_UP)
-    for layer, (weight, bias) in zip(chain.layers, params):
-        x = fake_quantize(activate(layer, layer_forward(layer, x, weight, bias)), output[layer.output_tensor], HALF_UP)
-    return x
-
-
 def network_loss(batches, targets, params, chain, positions):
     """Mean over the batches of the RMS error of the test-mode outputs; a float64
     running sum divided by the count, as the quantizer averages."""
     total = 0.0
     with torch.no_grad():
         for x, target in zip(batches, targets):
-            out = network_as_is(x, params, chain, positions)
+            out = quantized_network(x, params, chain, positions, round_params=False)
             total += math.sqrt(F.mse_loss(target, out).item())
     return total / len(batches)
 
@@ -117,7 +105,7 @@ def tune_layer(k, params, reference, batches, targets, chain, positions, net_los
     param, output = positions["param"], positions["output"]
     ref_weight = reference[k][0]
     with torch.no_grad():
-        inputs = [network_as_is(x, params[:k], chain, positions) for x in batches]
+        inputs = [quantized_network(x, params[:k], chain, positions, round_params=False) for x in batches]
         layer_targets = [layer_forward(layer, float_network(x, reference[:k], chain), *reference[k]) for x in batches]
     weight, bias = (t.detach().clone().requires_grad_(True) for t in params[k])
     lr_weight, lr_bias = learning_rates(weight.detach(), bias.detach(), ref_weight, len(batches[-1]), lr)

@@ -48,15 +48,18 @@ def float_network(x, params, chain):
     return x
 
 
-def quantized_network(x, params, chain, positions, quantize):
-    """The test-mode forward with float parameters `params` [(weight, bias), ...]
-    put on their grids by `quantize` (fake_quantize: exact; ste: trainable)."""
+def quantized_network(x, params, chain, positions, round_params=True):
+    """The test-mode forward with float parameters `params` [(weight, bias), ...], put on
+    their grids first (round_params), or used as they are: fast finetune's network runs
+    the layers it has not tuned yet with their calibrated biases, off the grid, as the
+    real quantizer does (it rounds a layer's parameters only when it resets the layer)."""
     param, output = positions["param"], positions["output"]
-    x = quantize(x, output[chain.input_tensor], HALF_UP)
+    x = fake_quantize(x, output[chain.input_tensor], HALF_UP)
     for layer, (weight, bias) in zip(chain.layers, params):
-        x = layer_forward(layer, x, quantize(weight, param[layer.weight_key], HALF_AWAY),
-                          quantize(bias, param[layer.bias_key], HALF_AWAY))
-        x = quantize(activate(layer, x), output[layer.output_tensor], HALF_UP)
+        if round_params:
+            weight = fake_quantize(weight, param[layer.weight_key], HALF_AWAY)
+            bias = fake_quantize(bias, param[layer.bias_key], HALF_AWAY)
+        x = fake_quantize(activate(layer, layer_forward(layer, x, weight, bias)), output[layer.output_tensor], HALF_UP)
     return x
 
 

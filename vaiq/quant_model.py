@@ -63,6 +63,12 @@ def quantized_network(x, params, chain, positions, round_params=True):
     return x
 
 
+def bias_corrections(chain, float_params, params):
+    """{Linear node: float bias - bias} as vai_q_pytorch saves it (bias_corr.pth)."""
+    return {layer.node: (float_bias - bias).tolist()
+            for layer, (_, float_bias), (_, bias) in zip(chain.layers, float_params, params) if layer.kind == DENSE}
+
+
 def history_mode(history):
     """The most frequent value of a list or Counter; the smallest among equally frequent ones."""
     counts = collections.Counter(history)
@@ -183,12 +189,7 @@ class QuantModel(nn.Module):
         return x
 
     def corrected_biases(self):
-        """{Linear node: float bias - final bias} as vai_q_pytorch saves it (bias_corr.pth),
-        or None when bias correction is off."""
+        """bias_corrections of the parameters in use, or None when bias correction is off."""
         if self.corrections is None:
             return None
-        return {
-            layer.node: (b - bias).tolist()
-            for layer, (_, bias), (_, b) in zip(self.chain.layers, self.params, self.float_params)
-            if layer.kind == DENSE
-        }
+        return bias_corrections(self.chain, self.float_params, self.params)

@@ -13,8 +13,8 @@ from dpu.int_model import BIT_WIDTH
 from .legalize import check_positions, legalize
 from .options import DEFAULT_RELEASE, RELEASES, parse_nndct_options
 from .quant_info import QUANT_INFO, read_bias_corr, read_ft_params, read_quant_info, write_quant_info
-from .quant_model import QuantModel, float_network
-from .trace import DENSE, trace_chain
+from .quant_model import QuantModel, bias_corrections, float_network
+from .trace import trace_chain
 
 MODES = ("calib", "test")
 # What each release prints when the deploy forward's batch is not 1 (it then exports anyway).
@@ -58,12 +58,15 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         if self.quant_mode != mode:
             raise InputError("{} needs quant_mode '{}', this quantizer is in '{}'".format(what, mode, self.quant_mode))
 
+    def _require_calibrated(self, what):
+        if not self.quant_model.params_ready:
+            raise InputError("{}: no calibration forward was run".format(what))
+
     def _calibration_result(self):
         """(legalized positions, bias corrections or None, legalization changes) of
         the calibration forwards run so far."""
+        self._require_calibrated("export_quant_config")
         model = self.quant_model
-        if not model.params_ready:
-            raise InputError("export_quant_config: no calibration forward was run")
         positions = copy.deepcopy(model.positions)
         changes = legalize(self.chain, positions)
         return positions, model.corrected_biases(), changes
@@ -86,9 +89,8 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         reference outputs), then as one more calibration pass without bias correction.
         The quantized model then runs as test mode will run the result."""
         self._require("calib", "fast_finetune")
+        self._require_calibrated("fast_finetune")
         model = self.quant_model
-        if not model.params_ready:
-            raise InputError("fast_finetune: no calibration forward was run")
         reference = [(w.clone(), b.clone()) for w, b in model.params]
         batches, targets = [], []
 
@@ -109,15 +111,12 @@ class torch_quantizer:  # noqa: N801 - the name of the vai_q_pytorch API
         # The calibration pass: positions go on from the history, parameters as they are.
         corrections, model.corrections = model.corrections, None
         run_fn(*run_args)
-        positions = copy.deepcopy(model.positions)
-        tuned = finetune.fast_finetune(self.chain, positions, reference, batches, targets)
-        changes = legalize(self.chain, positions)
+        tuned = finetune.fast_finetune(self.chain, model.positions, reference, batches, targets)
+        positions, _, changes = self._calibration_result()
         for problem in check_positions(self.chain, positions):   # legalized as after calibration: a guard
             raise InputError("fast_finetune: positions left the DPU ranges ({})".format(problem))
-        bias_corr = None
-        if corrections is not None:   # what the quantizer saves: float bias - tuned bias
-            bias_corr = {layer.node: (b0 - b).tolist() for layer, (_, b0), (_, b) in
-                         zip(self.chain.layers, model.float_params, tuned) if layer.kind == DENSE}
+        # What the quantizer saves: float bias - tuned bias.
+        bias_corr = None if corrections is None else bias_corrections(self.chain, model.float_params, tuned)
         self.ft_params = {layer.name: (w, b) for layer, (w, b) in zip(self.chain.layers, tuned)}
         self.calibration_result = positions, bias_corr, changes
         model.use_test_params(tuned, bias_corr, copy.deepcopy(positions))

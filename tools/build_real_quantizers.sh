@@ -53,6 +53,10 @@ for tag in v2.5 v3.5; do
         die "VITIS_AI_SRC=$SRC: not a Vitis-AI clone with tag $tag (git -C $SRC fetch --tags)"
 done
 
+# shellcheck source=bullseye_chroot.sh
+. "$HERE/tools/bullseye_chroot.sh"
+private_mounts "$@"
+
 # Where each tag keeps the three components (the tree was reorganised between them).
 paths_of() {
     case $1 in
@@ -129,8 +133,6 @@ if [ -n "${REBUILD:-}" ] || [ ! -f "$D35/.complete" ]; then
 fi
 
 # ---------------------------------------------------------------- 2.5 in the chroot
-# shellcheck source=bullseye_chroot.sh
-. "$HERE/tools/bullseye_chroot.sh"
 ensure_chroot
 enter_chroot
 if [ -n "${REBUILD:-}" ] || [ ! -f "$ROOT$V25/.complete" ]; then

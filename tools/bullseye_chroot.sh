@@ -33,26 +33,15 @@ ensure_chroot() {
     touch "$ROOT/.complete"
 }
 
-MOUNTED=()
-unmount_all() {
-    local i
-    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
-        umount "${MOUNTED[i]}" || umount -l "${MOUNTED[i]}" || true
-    done
-    MOUNTED=()
-}
-
-mount_one() {  # type-or-bind source target
+mount_one() {  # type-or-bind source target; it ends with the script's mount namespace
     mountpoint -q "$3" && return 0
     mkdir -p "$3"
     if [ "$1" = bind ]; then mount --bind "$2" "$3"; else mount -t "$1" "$2" "$3"; fi
-    MOUNTED+=("$3")
 }
 
 enter_chroot() {
-    # mounts for the script's lifetime, DNS, and the certificates this machine trusts
-    # (an intercepting proxy's CA among them) for pip
-    trap unmount_all EXIT
+    # mounts for the script's lifetime (its namespace: private_mounts), DNS, and the
+    # certificates this machine trusts (an intercepting proxy's CA among them) for pip
     trap 'echo "$(basename "$0"): interrupted" >&2; exit 130' INT TERM
     mount_one proc proc "$ROOT/proc"
     mount_one sysfs sysfs "$ROOT/sys"

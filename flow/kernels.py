@@ -14,7 +14,14 @@ everywhere; the golden cases of the real quantizer were made under them:
 pin() sets them unless the user did, so it must run before torch is imported: every
 stage script calls flow.start_stage first, and the tests' conftest calls pin().
 NATIVE_KERNELS=1 leaves torch's own choice (faster, other last bits). Only the
-standard library is imported here.
+standard library is imported here; sqrt_fingerprint imports torch when it is called.
+
+One kernel no setting pins: torch.sqrt of a float tensor is MKL's vector sqrt, which
+refines the CPU's rsqrtps estimate, and rsqrtps gives other bits on another CPU design.
+torch.optim.Adam divides by it. So the project's own trainings (run.py, the QAT stage) take
+adam(), whose fused step computes the square root exactly; fast finetune, which must step as
+the real quantizer does, keeps torch's Adam, and the tests that compare its steps with the
+goldens ask sqrt_fingerprint first (docs/reproducibility.md).
 """
 import os
 import sys
@@ -28,6 +35,11 @@ NATIVE_NOTE = "kernels: native, results may differ from the committed ones in th
 ATEN_CAPABILITIES = ("default", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx", "vsx", "zvector", "sve256")
 MKL_BRANCHES = ("AUTO", "COMPATIBLE", "SSE2", "SSSE3", "SSE4_1", "SSE4_2", "AVX", "AVX2", "AVX512_MIC", "AVX512",
                 "AVX512_MIC_E1", "AVX512_E1")
+
+
+# sqrt_fingerprint() where the committed results and the golden cases were made (AMD EPYC,
+# torch 2.13.0). torch 1.10.1 and 1.13.1 bring another MKL, whose sqrt gives other bits again.
+COMMITTED_SQRT = "cb5abf53b4a10f51"
 
 
 class KernelSettingError(ValueError):
@@ -77,3 +89,26 @@ def pin_or_exit(script):
         sys.exit(2)
     if differ:
         sys.stderr.write("{}: note: {} ({})\n".format(script, NATIVE_NOTE, ", ".join(differ)))
+
+
+def sqrt_fingerprint():
+    """The bits of torch.sqrt on this machine, as 16 hex digits: the square roots of 8197 float32
+    values spread over [1, 4), both exponent parities. Call it after pin()."""
+    import hashlib
+
+    import numpy
+    import torch
+
+    values = numpy.arange(0x3F800000, 0x40800000, 2047, dtype=numpy.uint32).view(numpy.float32)
+    return hashlib.sha256(torch.sqrt(torch.from_numpy(values)).numpy().tobytes()).hexdigest()[:16]
+
+
+def adam(params, **options):
+    """torch.optim.Adam, the same bits on any x86-64 CPU: from torch 2.4 on its fused CPU step,
+    an ATen loop whose square root is the exact one (under the pins, the scalar loop), not MKL's
+    (see above). Older torch has no fused CPU Adam and gets the usual one."""
+    import torch
+
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4):
+        options["fused"] = True
+    return torch.optim.Adam(params, **options)

@@ -15,7 +15,7 @@ from test_quantizer_golden import GOLDEN, run_quant
 from dpu import reference
 from vaiq.legalize import check_positions
 from dpu.xmodel import read_xmodel
-from conftest import X86_GOLDEN
+from conftest import GOLDEN_SQRT, X86_GOLDEN
 
 pytestmark = X86_GOLDEN
 
@@ -111,6 +111,7 @@ def test_finetuned_parameters_are_the_real_ones(finetuned):
         assert a.numpy().tobytes() == b.numpy().tobytes()
 
 
+@GOLDEN_SQRT
 def test_every_pass_is_the_real_ones(finetuned):
     """Inside fast finetune: each layer's parameters at the end of every pass, before
     rounding, and the network loss of every evaluation, to the last bit."""

@@ -25,6 +25,7 @@ import torch
 from catalyst import dl
 from catalyst.utils import set_global_seed
 
+from flow import kernels
 from flow.checked_io import InputError, atomic_path
 from losses import MSE, evaluate, regression_metrics  # noqa: F401 - evaluate, for callers of runner
 
@@ -150,7 +151,7 @@ def train(model, train_loader, valid_loader, lr=1e-3, n_epochs=1, seed=42, log_d
     if verbose is None:
         verbose = on_terminal()
     set_global_seed(seed)   # Catalyst's global seed: the same random, numpy and torch seeds as set_seed
-    runner = FFNRunner(torch.optim.Adam(model.parameters(), lr=lr))
+    runner = FFNRunner(kernels.adam(model.parameters(), lr=lr))
     # The logs are written to a temporary folder that replaces log_dir at the end,
     # so an interrupted training leaves the earlier logs with the earlier checkpoint.
     with atomic_path(log_dir) as tmp_log_dir:

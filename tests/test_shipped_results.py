@@ -70,7 +70,7 @@ def test_committed_xmodel_on_the_integer_reference_gives_the_documented_mse():
     assert model.batch == 1
     outputs = reference.outputs(model, rows[:, :2])
     mse = float(np.mean((outputs[:, 0].astype(np.float64) - rows[:, 2]) ** 2))
-    assert mse == pytest.approx(2.216261e-04, rel=1e-6)
+    assert mse == pytest.approx(1.374880e-04, rel=1e-6)
 
 
 def test_committed_torchscript_equals_the_deploy_command(tmp_path):

@@ -153,7 +153,7 @@ def stage_train_plain(args, data_dir):
     set_seed(args.seed)
     model = FFN(args.input_size).to(DEVICE)
     train_loader, valid_loader = loaders(args, data_dir)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = kernels.adam(model.parameters(), lr=args.lr)
     criterion = MSE()
     best_loss, best_epoch, best_state = float("inf"), 0, None
     for epoch in range(1, args.n_epochs + 1):

@@ -88,6 +88,13 @@ def build_parser():
     recipe.add_argument("--weight_decay", type=non_negative_float, metavar="C",
                         help="Adam's weight decay, on both parameter groups as in the example (default: {})".format(
                             RECIPE.weight_decay))
+    recipe.add_argument("--hidden_max", type=non_negative_float, metavar="M",
+                        help="equalize every live hidden ReLU unit to the maximum M on train.npy and fix the hidden "
+                        "thresholds at the power of two above; 0: off, thresholds trained (default: {})".format(
+                            RECIPE.hidden_max))
+    recipe.add_argument("--revive", type=int, choices=[0, 1], metavar="0|1",
+                        help="with --hidden_max: each dead hidden unit becomes a copy of a live one, half a hidden "
+                        "LSB apart (default: {})".format(RECIPE.revive))
     deploy = parser.add_argument_group("deploy mode")
     deploy.add_argument("--deploy_batch", type=positive_int, metavar="N",
                         help="the batch of the exported xmodel: the deploy forward runs the first N rows of "
@@ -125,18 +132,21 @@ def recipe_of(args):
     return RECIPE._replace(**{name: getattr(args, name) for name in RECIPE._fields if getattr(args, name) is not None})
 
 
-def qat_model(args, backend):
-    """(float model, its QAT form) of the checkpoint; a model QAT cannot take is refused in one line."""
+def qat_model(args, backend, features=None, recipe=None):
+    """(float model, its QAT form, the hidden thresholds' log2 to fix or None) of the checkpoint,
+    reshaped by the recipe when the training rows are given; a model QAT cannot take is refused
+    in one line."""
     float_model = load_ffn(args.checkpoint_dir, args.model_name, args.input_size)
     try:
-        return float_model, recipe_qat.qat_model(float_model, backend).to(DEVICE)
+        form, hidden_log_threshold = recipe_qat.qat_model(float_model, backend, features, recipe)
+        return float_model, form.to(DEVICE), hidden_log_threshold
     except InputError as e:
         raise InputError("model.py: {}".format(e))
 
 
 def train(args, backend):
     recipe = recipe_of(args)
-    float_model, form = qat_model(args, backend)
+    float_model, form, _ = qat_model(args, backend)   # refuses a model QAT cannot take, before the data
     net = type(form).__name__
     check_output_dir(args.output_dir, own_files=recipe_qat.result_files(net))
 
@@ -146,9 +156,12 @@ def train(args, backend):
     train_loader, valid_loader = loader("train.npy", True, recipe.batch_size), loader("valid.npy", False, 64)
     eval_loader = loader(args.eval_data, False, 64)
     features = train_loader.dataset.features
+    _, form, hidden_log_threshold = qat_model(args, backend, features.to(DEVICE), recipe)
     qat = backend.QatProcessor(form, (features[:recipe.batch_size].to(DEVICE),), bitwidth=8)
     trainable = qat.trainable_model()
     recipe_qat.warm_up(trainable, features.to(DEVICE))
+    if hidden_log_threshold is not None:
+        recipe_qat.fix_hidden_thresholds(trainable, hidden_log_threshold)
     optimizer = recipe_qat.optimizer(trainable, recipe)
     hparams = dict(recipe._asdict(), input_size=args.input_size, seed=args.seed, backend=backend.name)
 
@@ -195,7 +208,7 @@ def deploy(args, backend):
         raise InputError("{}: holds no QAT training result ({} missing); run --mode train first".format(
             args.output_dir, " and ".join(missing)))
     check_output_dir(args.output_dir)
-    _, form = qat_model(args, backend)
+    _, form, _ = qat_model(args, backend)
     eval_loader = make_dataloader(args.data_dir, args.eval_data, False, 64, input_size=args.input_size)
     batch = args.deploy_batch or DEFAULT_DEPLOY_BATCH
     if batch > len(eval_loader.dataset):

@@ -21,9 +21,14 @@ Recipe = collections.namedtuple("Recipe", [
     "quantizer_lr_decay",  # factor on quantizer_lr after every epoch
     "quantizer_norm",      # coefficient of the threshold-norm term, sqrt(sum log_threshold^2); 0: none
     "weight_decay",        # Adam's L2 weight decay, on both groups as in the example
+    "hidden_max",          # equalize: every live hidden ReLU unit's max on train.npy made this, and the hidden
+                           # thresholds fixed at the power of two above (not trained); 0: off (thresholds trained).
+                           # 1.95: just inside threshold 2's int8 range (127/64), whose LSB 1/64 is the output's
+    "revive",              # 1: each dead hidden unit becomes a copy of a live one, the two half an LSB apart
+                           # (with hidden_max only); 0: off
 ])
 RECIPE = Recipe(epochs=40, batch_size=64, weight_lr=3e-4, quantizer_lr=1e-2, weight_lr_decay=0.95,
-                quantizer_lr_decay=0.7, quantizer_norm=1e-2, weight_decay=0.0)
+                quantizer_lr_decay=0.5, quantizer_norm=0.0, weight_decay=0.0, hidden_max=1.95, revive=1)
 
 # The optimizer's parameter groups, named as in Xilinx's example (and the golden run).
 QUANTIZER_GROUP, WEIGHT_GROUP = "quantizer", "weight"
@@ -53,20 +58,97 @@ def result_files(net):
 LOG_THRESHOLD_LIMIT = 56
 
 
-def qat_model(float_model, backend):
+def qat_model(float_model, backend, features=None, recipe=None):
     """The QAT form of the user's float model (vaiq.qat.qat_form: an input QuantStub and every
     activation a module of its own; the float checkpoint's keys unchanged), with the stub class
-    of the backend's QatProcessor."""
+    of the backend's QatProcessor. With the training rows `features`, its hidden units are first
+    reshaped by `recipe` (reshape_hidden, on the built-in form, whose chain the project reads).
+    Returns (form, the hidden thresholds' log2 to fix, or None)."""
     from vaiq.nn import QuantStub as BuiltinQuantStub
     from vaiq.qat import qat_form
 
     form = qat_form(float_model)
+    hidden_log_threshold = None if features is None else reshape_hidden(form, features, recipe)
     if backend.QuantStub is not BuiltinQuantStub:
         for name, module in list(form.named_modules()):
             if isinstance(module, BuiltinQuantStub):
                 parent, _, leaf = name.rpartition(".")
                 setattr(form.get_submodule(parent) if parent else form, leaf, backend.QuantStub())
-    return form
+    return form, hidden_log_threshold
+
+
+def _relu_chain(model):
+    """The Linear layers of a model whose forward is Linear, ReLU, Linear, ReLU, ..., Linear
+    (every hidden activation a ReLU, the last layer none); None for any other model."""
+    import torch.nn as nn
+    from vaiq.qat import QatModelError, qat_chain
+
+    try:
+        chain = qat_chain(model)
+    except QatModelError:
+        return None
+    acts = [None if a is None else model.get_submodule(a) for a in chain.activation_modules]
+    if not acts or acts[-1] is not None or not all(type(a) is nn.ReLU for a in acts[:-1]):
+        return None
+    return [model.get_submodule(layer.name) for layer in chain.layers]
+
+
+def reshape_hidden(form, features, recipe, bitwidth=8):
+    """The function-preserving start of the recipe, on the QAT form's float weights, in place:
+    every live hidden ReLU unit scaled to the maximum `recipe.hidden_max` on `features` (its
+    next layer's column scaled back), so that all of them use the range of one fixed threshold,
+    2^ceil(log2 hidden_max); then (recipe.revive) each unit that is zero on every row becomes a
+    copy of a live unit, the most important first, their biases +-1/4 of the hidden LSB apart
+    and the next layer's column halved between them: in int8 the two round on grids half an
+    LSB apart, and their mean is rounded about as finely as a unit with one more bit.
+    Returns the hidden threshold's log2, or None (nothing done: off, or not a ReLU chain)."""
+    import math
+    import torch
+
+    layers = _relu_chain(form) if recipe.hidden_max else None
+    if layers is None:
+        return None
+    log_threshold = math.ceil(math.log2(recipe.hidden_max))
+    offset = 2.0 ** log_threshold / 2 ** (bitwidth - 1) / 4
+    with torch.no_grad():
+        h = features
+        for layer, nxt in zip(layers[:-1], layers[1:]):
+            pre = torch.relu(layer(h))
+            top = pre.max(0).values
+            live = top > 0
+            scale = torch.where(live, recipe.hidden_max / top.clamp(min=1e-30), torch.ones_like(top))
+            layer.weight.mul_(scale[:, None])
+            layer.bias.mul_(scale)
+            nxt.weight.div_(scale[None, :])
+            if recipe.revive:
+                importance = nxt.weight.abs().sum(0) * (pre * scale).std(0)
+                order = [int(i) for i in torch.argsort(torch.where(live, importance, -torch.ones_like(importance)),
+                                                       descending=True)]
+                dead = [int(i) for i in torch.nonzero(~live).flatten()]
+                for d, u in zip(dead, order):
+                    layer.weight[d] = layer.weight[u]
+                    layer.bias[d] = layer.bias[u] - offset
+                    layer.bias[u] += offset
+                    nxt.weight[:, u] /= 2
+                    nxt.weight[:, d] = nxt.weight[:, u]
+            h = torch.relu(layer(h))
+    return float(log_threshold)
+
+
+def fix_hidden_thresholds(trainable, log_threshold):
+    """The hidden ReLU outputs' thresholds fixed at 2^log_threshold, out of training (after the
+    warm-up, which sets them first)."""
+    import torch.nn as nn
+
+    fixed = 0
+    for module in trainable.modules():
+        quantizer = getattr(module, "output_quantizer", None)
+        if isinstance(module, nn.ReLU) and quantizer is not None:
+            quantizer.log_threshold.data.fill_(log_threshold)
+            quantizer.log_threshold.requires_grad_(False)
+            fixed += 1
+    if not fixed:
+        raise RuntimeError("--hidden_max: no ReLU output quantizer found in the trainable model")
 
 
 def warm_up(trainable, features):

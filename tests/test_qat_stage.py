@@ -97,6 +97,63 @@ def test_deployable_model_equals_the_xmodel_on_the_integer_reference_on_every_ro
     assert float(printed_int8_mse(trained)) == pytest.approx(mse, rel=1e-6)
 
 
+def test_the_hidden_thresholds_stay_where_the_recipe_fixed_them(work):
+    """--hidden_max 1.95 (the default): both hidden ReLU outputs end at threshold 2, fix
+    position 6, the output's LSB; the input and output positions are trained."""
+    root, _, _ = work
+    info = json.load(open(str(root / "qat_result" / "quant_info.json")))["output"]
+    assert [info["FFN::nndct_relu_3"], info["FFN::nndct_relu_5"]] == [[[8, 6]], [[8, 6]]]
+
+
+def shipped_form():
+    from preprocessors import load_from_state_dict
+    from vaiq.qat import qat_form
+    from model import FFN
+    return qat_form(load_from_state_dict(FFN(2), CHECKPOINT))
+
+
+def hidden_maxima(form, rows):
+    with torch.no_grad():
+        h1 = torch.relu(form.l1(rows))
+        return h1.max(0).values, torch.relu(form.l2(h1)).max(0).values
+
+
+@pytest.mark.parametrize("revive", [0, 1])
+def test_reshaping_the_hidden_units_keeps_the_function_and_fills_the_fixed_range(revive):
+    """Each live hidden unit scaled to the maximum 1.95 on the rows, the next layer scaled back:
+    the same function to float rounding. With revive, the shipped model's dead units (1 of 6,
+    2 of 4) become copies of live ones, 1/256 to either side: the function moves by less than
+    that, and no unit is dead any more."""
+    from quantization.qat import RECIPE, reshape_hidden
+
+    rows = torch.from_numpy(np.load(os.path.join(REPO, "data", "train.npy"))[:, :2]).float()
+    form = shipped_form()
+    with torch.no_grad():
+        before = form(rows)
+    dead = [int((top == 0).sum()) for top in hidden_maxima(form, rows)]
+    assert dead == [1, 2]
+    assert reshape_hidden(form, rows, RECIPE._replace(hidden_max=1.95, revive=revive)) == 1.0
+    with torch.no_grad():
+        moved = float((form(rows) - before).abs().max())
+    for top in hidden_maxima(form, rows):
+        live = top[top > 0]
+        if revive:
+            assert len(live) == len(top) and float((live - 1.95).abs().max()) <= 1 / 256 + 1e-6
+        else:
+            assert float((live - 1.95).abs().max()) < 1e-5
+    assert moved < (1 / 256 if revive else 1e-6)
+
+
+def test_a_chain_with_other_activations_is_not_reshaped():
+    from quantization.qat import RECIPE, reshape_hidden
+    from vaiq.qat import qat_form
+
+    model = qat_form(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.LeakyReLU(0.1), torch.nn.Linear(3, 1)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert reshape_hidden(model, torch.randn(8, 2), RECIPE) is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_simulate_checks_every_deploy_dump(work):
     root, _, _ = work
     result = run_script("simulate.py", "qat_result/" + XMODEL, "--data", "data/test.npy", "--check",
@@ -345,6 +402,8 @@ def untouched(work):
     (("--batch_size", "-3"), ("--batch_size", "must be positive")),
     (("--weight_lr_decay", "1.5"), ("--weight_lr_decay", "(0, 1]")),
     (("--quantizer_norm=-1",), ("--quantizer_norm", "must be 0 or a positive number")),
+    (("--hidden_max=-1",), ("--hidden_max", "must be 0 or a positive number")),
+    (("--revive", "2"), ("--revive", "invalid choice")),
     (("--mode", "deploy", "--epochs", "3"), ("--epochs is not used in --mode deploy",)),
     (("--deploy_batch", "4"), ("--deploy_batch is not used in --mode train",)),
 ], ids=lambda v: " ".join(v) if isinstance(v, tuple) and v[0].startswith("--") else None)

@@ -200,7 +200,9 @@ def threshold_norm(trainable, coefficient):
     params = trainable.quantizer_parameters()
 
     def penalty():
-        return coefficient * torch.sqrt(sum(torch.pow(p, 2.0)[0] for p in params))
+        # The vector norm, not torch.sqrt of the sum: torch.sqrt (and pow 0.5) is MKL's, whose
+        # last bits follow the CPU (flow/kernels.py); the norm's square root is the exact one.
+        return coefficient * torch.cat([p.reshape(-1)[:1] for p in params]).norm()
     return penalty
 
 

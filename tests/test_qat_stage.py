@@ -144,6 +144,26 @@ def test_reshaping_the_hidden_units_keeps_the_function_and_fills_the_fixed_range
     assert moved < (1 / 256 if revive else 1e-6)
 
 
+def test_the_threshold_norm_term_takes_no_mkl_square_root(monkeypatch):
+    """C * sqrt(sum log_threshold^2), its square root the norm's exact one: torch.sqrt (and
+    pow 0.5) run MKL's, whose last bits follow the CPU's rsqrtps (flow/kernels.py)."""
+    from quantization.qat import threshold_norm
+
+    class Trainable:
+        def quantizer_parameters(self):
+            return params
+
+    params = [torch.nn.Parameter(torch.tensor([v])) for v in (1.7, -2.3, 0.4, 3.1)]
+    monkeypatch.setattr(torch, "sqrt", None)
+    monkeypatch.setattr(torch.Tensor, "sqrt", None)
+    penalty = threshold_norm(Trainable(), 1e-2)()
+    penalty.backward()
+    exact = 1e-2 * np.sqrt(np.sum(np.array([1.7, -2.3, 0.4, 3.1], dtype=np.float32).astype(np.float64) ** 2))
+    assert float(penalty.detach()) == pytest.approx(exact, rel=1e-6)
+    assert [float(p.grad) for p in params] == pytest.approx([1e-2 * float(p.detach()) / (exact / 1e-2) for p in params], rel=1e-5)
+    assert threshold_norm(Trainable(), 0) is None
+
+
 def test_a_chain_with_other_activations_is_not_reshaped():
     from quantization.qat import RECIPE, reshape_hidden
     from vaiq.qat import qat_form

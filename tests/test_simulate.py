@@ -54,7 +54,7 @@ def test_shipped_mse_as_printed():
     run = simulate(os.path.join(REPO, "quantize_result", "FFN_int.xmodel"), "--data",
                    os.path.join(REPO, "data", "test.npy"))
     assert run.returncode == 0, run.stderr
-    assert "MSE 2.216260e-04" in run.stdout.splitlines()[-1]
+    assert "MSE 1.374880e-04" in run.stdout.splitlines()[-1]
 
 
 def test_check_accepts_the_parent_folder_and_input_size():

@@ -67,7 +67,8 @@ real-quantizers:
 
 # The golden suites on other x86-64 CPUs, emulated by QEMU (Intel Haswell, Skylake-Server
 # without AVX-512, Nehalem; AMD EPYC): what the pins promise, checked where this machine
-# cannot go (docs/reproducibility.md). About 5 minutes a CPU. Not part of .ci/run.
+# cannot go (docs/reproducibility.md). About 5 minutes a CPU; PIPELINE=1 adds `make stages`
+# under each (10 minutes). CPUS: the QEMU models to run. Not part of .ci/run.
 test-emulated-cpus: install
 	PY=$(PY) bash tools/emulated_cpus.sh $(CPUS)
 

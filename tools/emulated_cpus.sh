@@ -10,7 +10,11 @@
 # marked GOLDEN_SQRT (Adam's steps compared with the goldens) skip and say why; every other
 # test must pass. docs/reproducibility.md has what this measured.
 #
-# Usage: bash tools/emulated_cpus.sh [CPU model ...]     (PY: the Python, default .venv/bin/python)
+# With PIPELINE=1 each model also runs `make stages` on a clone of the checkout's last commit,
+# every process emulated (a venv whose python is QEMU running the real one), and says how many
+# committed results it reproduced (tools/reproduced.sh): about 10 minutes a model more.
+#
+# Usage: bash tools/emulated_cpus.sh [CPU model ...]     (PY: the Python of a venv, default .venv/bin/python)
 # Needs qemu-x86_64 (Debian's qemu-user; installed here when run as root). About 5 minutes a
 # model on 2 cores. Not part of .ci/run.
 set -euo pipefail
@@ -48,6 +52,32 @@ print("numpy sees {}; sqrt {} ({}the golden machine'"'"'s)".format(
 
 echo "emulated-cpus: this machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), sqrt $(
     PYTHONPATH=. "$PY" -c 'from flow import kernels; kernels.pin(); print(kernels.sqrt_fingerprint())')"
+# The pipeline with every process on the emulated CPU: a venv beside the real one whose
+# python runs the real one under QEMU, named so (qemu's -0) that sys.executable is the
+# wrapper and the stages a stage starts are emulated too.
+pipeline() {
+    local model=$1 venv work
+    venv=$(cd "$(dirname "$PY")/.." && pwd)
+    [[ -f $venv/pyvenv.cfg ]] || { echo "emulated-cpus: PIPELINE=1 needs PY in a venv" >&2; failed=1; return; }
+    work=$(mktemp -d)
+    mkdir -p "$work/venv/bin"
+    cp "$venv/pyvenv.cfg" "$work/venv/"
+    ln -s "$venv/lib" "$work/venv/lib"
+    printf '#!/bin/bash\nexec qemu-x86_64 -cpu %s -0 "$0" %s "$@" 2> >(grep -v "TCG doesn.t support" >&2)\n' \
+        "$model" "$(readlink -f "$PY")" > "$work/venv/bin/python"
+    chmod +x "$work/venv/bin/python"
+    git clone -q . "$work/checkout"
+    if (cd "$work/checkout" && make stages PY="$work/venv/bin/python" > "$work/stages.log" 2>&1); then
+        echo "emulated-cpus: $model: $(cd "$work/checkout" && bash tools/reproduced.sh | head -1)"
+        (cd "$work/checkout" && bash tools/reproduced.sh | tail -n +2 | sed 's/^/  /')
+    else
+        echo "emulated-cpus: $model: make stages FAILED:"
+        tail -5 "$work/stages.log" | sed 's/^/  /'
+        failed=1
+    fi
+    rm -rf "$work"
+}
+
 failed=0
 for model in "${MODELS[@]}"; do
     echo "emulated-cpus: $model: $(PYTHONPATH=. qemu-x86_64 -cpu "$model" "$PY" -c "$probe" 2>&1 | quiet)"
@@ -63,5 +93,6 @@ for model in "${MODELS[@]}"; do
     [[ $status == ok ]] || quiet < "$log" | grep -E '^(FAILED|ERROR)' | sed 's/^/  /' || true
     grep -E '^SKIPPED' "$log" | sed 's/^/  /' || true
     rm -f "$log"
+    [[ ${PIPELINE:-0} == 1 ]] && pipeline "$model"
 done
 exit $failed

@@ -33,8 +33,8 @@ X86_GOLDEN = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
 # steps with the goldens need this machine's sqrt to be the golden machine's.
 GOLDEN_SQRT = pytest.mark.skipif(
     platform.machine() in ("x86_64", "AMD64") and kernels.sqrt_fingerprint() != kernels.COMMITTED_SQRT,
-    reason="Adam's steps divide by torch.sqrt, whose last bits here (MKL's refinement of this CPU's rsqrtps) "
-           "are not the golden machine's (flow/kernels.py COMMITTED_SQRT)")
+    reason="Adam's steps divide by torch.sqrt, MKL's refinement of the CPU's rsqrtps, whose last bits here "
+           "(this CPU's, or this torch's MKL) are not the golden machine's (flow/kernels.py COMMITTED_SQRT)")
 
 
 # The shipped model.py up to its forward (imports and the three layers): tests that

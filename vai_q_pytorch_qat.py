@@ -16,6 +16,7 @@ activations as modules) by vaiq.qat.qat_form. docs/qat.md.
 """
 import argparse
 import os
+import sys
 
 from flow import start_stage
 
@@ -157,6 +158,10 @@ def train(args, backend):
     eval_loader = loader(args.eval_data, False, 64)
     features = train_loader.dataset.features
     _, form, hidden_log_threshold = qat_model(args, backend, features.to(DEVICE), recipe)
+    if recipe.hidden_max and hidden_log_threshold is None:
+        sys.stderr.write("{}: note: --hidden_max {}: model.py is not a chain of Linear layers with ReLU between, "
+                         "so its hidden thresholds are trained (as with --hidden_max 0)\n".format(
+                             os.path.basename(sys.argv[0]), recipe.hidden_max))
     qat = backend.QatProcessor(form, (features[:recipe.batch_size].to(DEVICE),), bitwidth=8)
     trainable = qat.trainable_model()
     recipe_qat.warm_up(trainable, features.to(DEVICE))

@@ -109,6 +109,10 @@ def adam(params, **options):
     (see above). Older torch has no fused CPU Adam and gets the usual one."""
     import torch
 
+    params = list(params)
     if tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4):
-        options["fused"] = True
+        try:
+            return torch.optim.Adam(params, fused=True, **options)
+        except RuntimeError:   # a 2.4 pre-release without the CPU kernel
+            pass
     return torch.optim.Adam(params, **options)

@@ -97,7 +97,8 @@ def reshape_hidden(form, features, recipe, bitwidth=8):
     """The function-preserving start of the recipe, on the QAT form's float weights, in place:
     every live hidden ReLU unit scaled to the maximum `recipe.hidden_max` on `features` (its
     next layer's column scaled back), so that all of them use the range of one fixed threshold,
-    2^ceil(log2 hidden_max); then (recipe.revive) each unit that is zero on every row becomes a
+    the smallest power of two whose int8 range (127/128 of it) holds hidden_max; then
+    (recipe.revive) each unit below one LSB on every row (zero in int8) becomes a
     copy of a live unit, the most important first, their biases +-1/4 of the hidden LSB apart
     and the next layer's column halved between them: in int8 the two round on grids half an
     LSB apart, and their mean is rounded about as finely as a unit with one more bit.
@@ -108,15 +109,17 @@ def reshape_hidden(form, features, recipe, bitwidth=8):
     layers = _relu_chain(form) if recipe.hidden_max else None
     if layers is None:
         return None
-    log_threshold = math.ceil(math.log2(recipe.hidden_max))
-    offset = 2.0 ** log_threshold / 2 ** (bitwidth - 1) / 4
+    top_level = 2 ** (bitwidth - 1)
+    log_threshold = math.ceil(math.log2(recipe.hidden_max * top_level / (top_level - 1)))
+    lsb = 2.0 ** log_threshold / top_level
+    offset = lsb / 4
     with torch.no_grad():
         h = features
         for layer, nxt in zip(layers[:-1], layers[1:]):
             pre = torch.relu(layer(h))
             top = pre.max(0).values
-            live = top > 0
-            scale = torch.where(live, recipe.hidden_max / top.clamp(min=1e-30), torch.ones_like(top))
+            live = top >= lsb   # below one LSB a unit rounds to zero: dead in int8, and not scaled up
+            scale = torch.where(live, recipe.hidden_max / top.clamp(min=lsb), torch.ones_like(top))
             layer.weight.mul_(scale[:, None])
             layer.bias.mul_(scale)
             nxt.weight.div_(scale[None, :])
@@ -125,7 +128,7 @@ def reshape_hidden(form, features, recipe, bitwidth=8):
                 order = [int(i) for i in torch.argsort(torch.where(live, importance, -torch.ones_like(importance)),
                                                        descending=True)]
                 dead = [int(i) for i in torch.nonzero(~live).flatten()]
-                for d, u in zip(dead, order):
+                for d, u in zip(dead, order[:int(live.sum())]):   # copies of live units only
                     layer.weight[d] = layer.weight[u]
                     layer.bias[d] = layer.bias[u] - offset
                     layer.bias[u] += offset
@@ -148,7 +151,9 @@ def fix_hidden_thresholds(trainable, log_threshold):
             quantizer.log_threshold.requires_grad_(False)
             fixed += 1
     if not fixed:
-        raise RuntimeError("--hidden_max: no ReLU output quantizer found in the trainable model")
+        from flow.checked_io import InputError
+        raise InputError("--hidden_max: the QAT model has no ReLU output quantizer to fix; "
+                         "train with --hidden_max 0")
 
 
 def warm_up(trainable, features):

@@ -100,3 +100,17 @@ def test_every_stage_starts_pinned():
                             "imported")
         torch_lines = [k for k, line in enumerate(lines) if re.match(r"\s*(import torch|from torch)", line)]
         assert all(start < k for k in torch_lines), script
+
+
+def test_adam_takes_a_generator_and_is_fused_where_torch_has_it():
+    """flow.kernels.adam: every parameter of a generator in one group, torch's fused CPU step
+    from 2.4 on (its square root the exact one, not MKL's)."""
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    opt = kernels.adam(model.parameters(), lr=1e-3)
+    assert [len(g["params"]) for g in opt.param_groups] == [2] and opt.param_groups[0]["lr"] == 1e-3
+    if tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 4):
+        assert opt.defaults["fused"] is True
+    else:
+        assert not opt.defaults.get("fused")

@@ -164,6 +164,33 @@ def test_the_threshold_norm_term_takes_no_mkl_square_root(monkeypatch):
     assert threshold_norm(Trainable(), 0) is None
 
 
+@pytest.mark.parametrize("hidden_max, log_threshold", [(1.95, 1.0), (1.984375, 1.0), (1.99, 2.0), (2.0, 2.0), (0.9, 0.0)])
+def test_the_fixed_threshold_holds_hidden_max_in_its_int8_range(hidden_max, log_threshold):
+    """The smallest power of two whose int8 range, 127/128 of it, holds the units' maximum."""
+    from quantization.qat import RECIPE, reshape_hidden
+
+    rows = torch.from_numpy(np.load(os.path.join(REPO, "data", "train.npy"))[:200, :2]).float()
+    assert reshape_hidden(shipped_form(), rows, RECIPE._replace(hidden_max=hidden_max)) == log_threshold
+
+
+def test_a_unit_below_one_lsb_is_revived_not_scaled_up():
+    """A unit whose maximum is under the hidden LSB rounds to zero in int8: it is taken as
+    dead (a copy of a live unit), not scaled up by thousands."""
+    from quantization.qat import RECIPE, reshape_hidden
+
+    rows = torch.from_numpy(np.load(os.path.join(REPO, "data", "train.npy"))[:, :2]).float()
+    form = shipped_form()
+    with torch.no_grad():
+        first, _ = hidden_maxima(form, rows)
+        weak = int(torch.argmin(torch.where(first > 0, first, torch.full_like(first, 1e9))))
+        form.l1.weight[weak] *= 1e-3
+        form.l1.bias[weak] *= 1e-3
+    assert 0 < float(hidden_maxima(form, rows)[0][weak]) < 1 / 64
+    reshape_hidden(form, rows, RECIPE._replace(revive=1))
+    assert float(form.l1.weight.abs().max()) < 100
+    assert all(float(top) >= 1.95 - 1 / 256 - 1e-6 for top in hidden_maxima(form, rows)[0])
+
+
 def test_a_chain_with_other_activations_is_not_reshaped():
     from quantization.qat import RECIPE, reshape_hidden
     from vaiq.qat import qat_form
@@ -369,8 +396,10 @@ def test_a_leaky_relu_dropout_ffn_goes_through_qat_and_the_reference(tmp_path):
         result = run_script(os.path.join(str(work), "vai_q_pytorch_qat.py"), "--mode", mode,
                             *(FLAGS if mode == "train" else ()), cwd=str(work))
         assert result.returncode == 0, result.stdout + result.stderr
+        trained_qat = result if mode == "train" else trained_qat
     # the real tool's warning about the slope, as it prints it
     assert "Force to change negative_slope of LeakyReLU from 0.1 to 0.1015625" in result.stdout
+    assert "note: --hidden_max 1.95: model.py is not a chain of Linear layers with ReLU between" in trained_qat.stderr
     checked = run_script(os.path.join(str(work), "simulate.py"), "qat_result/" + XMODEL, "--data", "data/test.npy",
                          "--check", "qat_result/deploy_check_data_int", cwd=str(work))
     assert checked.returncode == 0, checked.stdout + checked.stderr

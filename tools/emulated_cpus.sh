@@ -63,13 +63,17 @@ pipeline() {
     mkdir -p "$work/venv/bin"
     cp "$venv/pyvenv.cfg" "$work/venv/"
     ln -s "$venv/lib" "$work/venv/lib"
-    printf '#!/bin/bash\nexec qemu-x86_64 -cpu %s -0 "$0" %s "$@" 2> >(grep -v "TCG doesn.t support" >&2)\n' \
+    printf '#!/bin/bash\nexec qemu-x86_64 -cpu %q -0 "$0" %q "$@" 2> >(grep -v "TCG doesn.t support" >&2)\n' \
         "$model" "$(readlink -f "$PY")" > "$work/venv/bin/python"
     chmod +x "$work/venv/bin/python"
     git clone -q . "$work/checkout"
     if (cd "$work/checkout" && make stages PY="$work/venv/bin/python" > "$work/stages.log" 2>&1); then
-        echo "emulated-cpus: $model: $(cd "$work/checkout" && bash tools/reproduced.sh | head -1)"
-        (cd "$work/checkout" && bash tools/reproduced.sh | tail -n +2 | sed 's/^/  /')
+        (cd "$work/checkout" && bash tools/reproduced.sh) > "$work/reproduced.txt"
+        echo "emulated-cpus: $model: $(head -1 "$work/reproduced.txt")"
+        tail -n +2 "$work/reproduced.txt" | sed 's/^/  /'
+        # "pipeline: reproduced N of M ...": anything but N = M is a failure here
+        read -r _ _ n _ m _ < "$work/reproduced.txt"
+        [[ $n == "$m" ]] || failed=1
     else
         echo "emulated-cpus: $model: make stages FAILED:"
         tail -5 "$work/stages.log" | sed 's/^/  /'
@@ -82,7 +86,7 @@ failed=0
 for model in "${MODELS[@]}"; do
     echo "emulated-cpus: $model: $(PYTHONPATH=. qemu-x86_64 -cpu "$model" "$PY" -c "$probe" 2>&1 | quiet)"
     log=$(mktemp)
-    if PYTHONPATH=. qemu-x86_64 -cpu "$model" "$PY" -m pytest -q -rs -p no:cacheprovider "${SUITES[@]}" \
+    if PYTHONPATH=. qemu-x86_64 -cpu "$model" "$PY" -m pytest -q -rfEs -p no:cacheprovider "${SUITES[@]}" \
             > "$log" 2>&1; then
         status=ok
     else
@@ -93,6 +97,6 @@ for model in "${MODELS[@]}"; do
     [[ $status == ok ]] || quiet < "$log" | grep -E '^(FAILED|ERROR)' | sed 's/^/  /' || true
     grep -E '^SKIPPED' "$log" | sed 's/^/  /' || true
     rm -f "$log"
-    [[ ${PIPELINE:-0} == 1 ]] && pipeline "$model"
+    if [[ ${PIPELINE:-0} == 1 ]]; then pipeline "$model"; fi
 done
 exit $failed

@@ -39,11 +39,11 @@ def cli(main, hard_exit=False):
     hard_exit: end with os._exit after flushing, without Python's exit-time cleanup,
     where torch 1.10's ONNX exporter (the Vitis AI 2.5 docker's) can hang or crash
     after every file was written."""
-    raise_on_interrupt()
     prog = os.path.basename(sys.argv[0])
     code = None
     try:
         try:
+            raise_on_interrupt()   # inside: a signal while the handlers change raises here too
             code = main() or 0
         finally:
             _ignore_signals()

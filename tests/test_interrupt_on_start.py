@@ -87,3 +87,27 @@ def test_numpy_random_is_imported_with_the_stage_imports():
     code = "import sys; import flow.checked_io; print('numpy.random' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, universal_newlines=True)
     assert result.stdout.strip() == "True"
+
+
+def test_a_signal_while_cli_installs_its_handlers_ends_with_130_and_one_line(monkeypatch, capsys):
+    """The handler that raises KeyboardInterrupt can fire inside signal.signal itself, while
+    cli() puts it in place: that too is the interruption's one line and 130, no traceback."""
+    from flow import checked_io
+
+    def interrupted_while_installing():
+        raise KeyboardInterrupt
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(checked_io, "raise_on_interrupt", interrupted_while_installing)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            try:
+                checked_io.cli(lambda: pytest.fail("main ran"))
+            except KeyboardInterrupt:
+                pytest.fail("the KeyboardInterrupt escaped cli(): a traceback and exit code -2")
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert ended.value.code == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted; earlier outputs are left as they were" in err

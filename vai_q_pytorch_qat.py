@@ -16,7 +16,6 @@ activations as modules) by vaiq.qat.qat_form. docs/qat.md.
 """
 import argparse
 import os
-import sys
 
 from flow import start_stage
 
@@ -120,7 +119,7 @@ if __name__ == "__main__":
 
 import torch
 
-from flow.checked_io import InputError, atomic_path, check_output_dir, cli, require_dir, uninterrupted
+from flow.checked_io import InputError, atomic_path, check_output_dir, cli, note, require_dir, uninterrupted
 from losses import predict, print_metrics, regression_metrics
 from preprocessors import load_ffn, make_dataloader
 from quantization import backend as backends
@@ -133,21 +132,21 @@ def recipe_of(args):
     return RECIPE._replace(**{name: getattr(args, name) for name in RECIPE._fields if getattr(args, name) is not None})
 
 
-def qat_model(args, backend, features=None, recipe=None):
-    """(float model, its QAT form, the hidden thresholds' log2 to fix or None) of the checkpoint,
-    reshaped by the recipe when the training rows are given; a model QAT cannot take is refused
-    in one line."""
+def qat_model(args):
+    """(float model, its QAT form with the built-in stub) of the checkpoint; a model QAT cannot
+    take is refused in one line."""
+    from vaiq.qat import qat_form
+
     float_model = load_ffn(args.checkpoint_dir, args.model_name, args.input_size)
     try:
-        form, hidden_log_threshold = recipe_qat.qat_model(float_model, backend, features, recipe)
-        return float_model, form.to(DEVICE), hidden_log_threshold
+        return float_model, qat_form(float_model).to(DEVICE)
     except InputError as e:
         raise InputError("model.py: {}".format(e))
 
 
 def train(args, backend):
     recipe = recipe_of(args)
-    float_model, form, _ = qat_model(args, backend)   # refuses a model QAT cannot take, before the data
+    float_model, form = qat_model(args)
     net = type(form).__name__
     check_output_dir(args.output_dir, own_files=recipe_qat.result_files(net))
 
@@ -156,15 +155,15 @@ def train(args, backend):
 
     train_loader, valid_loader = loader("train.npy", True, recipe.batch_size), loader("valid.npy", False, 64)
     eval_loader = loader(args.eval_data, False, 64)
-    features = train_loader.dataset.features
-    _, form, hidden_log_threshold = qat_model(args, backend, features.to(DEVICE), recipe)
+    features = train_loader.dataset.features.to(DEVICE)
+    hidden_log_threshold = recipe_qat.reshape_hidden(form, features, recipe)
     if recipe.hidden_max and hidden_log_threshold is None:
-        sys.stderr.write("{}: note: --hidden_max {}: model.py is not a chain of Linear layers with ReLU between, "
-                         "so its hidden thresholds are trained (as with --hidden_max 0)\n".format(
-                             os.path.basename(sys.argv[0]), recipe.hidden_max))
-    qat = backend.QatProcessor(form, (features[:recipe.batch_size].to(DEVICE),), bitwidth=8)
+        note("--hidden_max {}: model.py is not a chain of Linear layers with ReLU between, so its hidden "
+             "thresholds are trained (as with --hidden_max 0)".format(recipe.hidden_max))
+    form = recipe_qat.with_backend_stub(form, backend)
+    qat = backend.QatProcessor(form, (features[:recipe.batch_size],), bitwidth=8)
     trainable = qat.trainable_model()
-    recipe_qat.warm_up(trainable, features.to(DEVICE))
+    recipe_qat.warm_up(trainable, features)
     if hidden_log_threshold is not None:
         recipe_qat.fix_hidden_thresholds(trainable, hidden_log_threshold)
     optimizer = recipe_qat.optimizer(trainable, recipe)
@@ -213,7 +212,7 @@ def deploy(args, backend):
         raise InputError("{}: holds no QAT training result ({} missing); run --mode train first".format(
             args.output_dir, " and ".join(missing)))
     check_output_dir(args.output_dir)
-    _, form, _ = qat_model(args, backend)
+    form = recipe_qat.with_backend_stub(qat_model(args)[1], backend)
     eval_loader = make_dataloader(args.data_dir, args.eval_data, False, 64, input_size=args.input_size)
     batch = args.deploy_batch or DEFAULT_DEPLOY_BATCH
     if batch > len(eval_loader.dataset):

@@ -62,6 +62,11 @@ def cli(main, hard_exit=False):
     sys.exit(code)
 
 
+def note(text):
+    """One line on stderr that the command says and goes on: "<script>: note: text"."""
+    print("{}: note: {}".format(os.path.basename(sys.argv[0]), text), file=sys.stderr)
+
+
 def _ignore_signals():
     # SIG_IGN also survives interpreter shutdown, where Python resets its own handlers to SIG_DFL.
     for sig in SIGNALS:

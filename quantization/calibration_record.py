@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from flow.checked_io import InputError, write_text
+from flow.checked_io import InputError, note, write_text
 from vaiq.options import DEFAULT_RELEASE, SUPPORTED, defaults, parse_nndct_options, split_nndct_args
 from vaiq.quant_info import QUANT_INFO
 
@@ -125,10 +125,6 @@ def read(output_dir):
         if not isinstance(record[key], kind) or (kind is int and isinstance(record[key], bool)):
             raise damaged("{!r} is {!r}".format(key, record[key]))
     return record
-
-
-def note(text):
-    print("{}: note: {}".format(os.path.basename(sys.argv[0]), text), file=sys.stderr)
 
 
 def note_calibration(record):

@@ -58,23 +58,19 @@ def result_files(net):
 LOG_THRESHOLD_LIMIT = 56
 
 
-def qat_model(float_model, backend, features=None, recipe=None):
+def with_backend_stub(form, backend):
     """The QAT form of the user's float model (vaiq.qat.qat_form: an input QuantStub and every
-    activation a module of its own; the float checkpoint's keys unchanged), with the stub class
-    of the backend's QatProcessor. With the training rows `features`, its hidden units are first
-    reshaped by `recipe` (reshape_hidden, on the built-in form, whose chain the project reads).
-    Returns (form, the hidden thresholds' log2 to fix, or None)."""
+    activation a module of its own; the float checkpoint's keys unchanged) with the stub class
+    of the backend's QatProcessor, in place. The recipe's reshape_hidden runs before it, on the
+    built-in stub's form, whose chain the project reads."""
     from vaiq.nn import QuantStub as BuiltinQuantStub
-    from vaiq.qat import qat_form
 
-    form = qat_form(float_model)
-    hidden_log_threshold = None if features is None else reshape_hidden(form, features, recipe)
     if backend.QuantStub is not BuiltinQuantStub:
         for name, module in list(form.named_modules()):
             if isinstance(module, BuiltinQuantStub):
                 parent, _, leaf = name.rpartition(".")
                 setattr(form.get_submodule(parent) if parent else form, leaf, backend.QuantStub())
-    return form, hidden_log_threshold
+    return form
 
 
 def _relu_chain(model):
